@@ -1,0 +1,73 @@
+// CPU ntk_diag_accumulate: out[i] += (weight_scale |a_i|^2 + bias_scale) *
+// <d_ik, d_ik'> for every sample i, never forming an N x N matrix. Linear in N;
+// dot products accumulate in double.
+#include <ATen/Parallel.h>
+#include <ATen/AccumulateType.h>
+#include <torch/library.h>
+
+#include "../ntk_common.h"
+
+namespace fastntk {
+
+void ntk_diag_accumulate_cpu(at::Tensor out, const at::Tensor& a,
+                             const at::Tensor& d, double weight_scale,
+                             double bias_scale, c10::string_view outputs) {
+  const OutputMode mode = parse_outputs(outputs);
+  check_ntk_diag_accumulate(out, a, d, mode);
+  TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
+  const int64_t n_samples = a.size(0), p = a.size(1), k_out = d.size(1), n = d.size(2);
+  if (out.numel() == 0) return;
+  const at::Tensor ac = a.contiguous(), dc = d.contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_diag_accumulate_cpu", [&] {
+    using acc_t = double;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* ap = ac.data_ptr<scalar_t>();
+    const scalar_t* dp = dc.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, p + k_out * k_out * n));
+    at::parallel_for(0, n_samples, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        acc_t s = bias_scale;
+        if (weight_scale != 0.0) {
+          acc_t sq = 0;
+          for (int64_t q = 0; q < p; ++q) sq += acc_t(ap[i * p + q]) * ap[i * p + q];
+          s += weight_scale * sq;
+        }
+        const scalar_t* di = dp + i * k_out * n;
+        auto dot = [&](int64_t k, int64_t kk) {
+          acc_t v = 0;
+          for (int64_t j = 0; j < n; ++j) v += acc_t(di[k * n + j]) * di[kk * n + j];
+          return v;
+        };
+        switch (mode) {
+          case OutputMode::kTrace: {
+            acc_t v = 0;
+            for (int64_t k = 0; k < k_out; ++k) v += dot(k, k);
+            o[i] += static_cast<scalar_t>(s * v);
+            break;
+          }
+          case OutputMode::kPerOutput:
+            for (int64_t k = 0; k < k_out; ++k)
+              o[i * k_out + k] += static_cast<scalar_t>(s * dot(k, k));
+            break;
+          case OutputMode::kFull: {
+            scalar_t* oi = o + i * k_out * k_out;
+            for (int64_t k = 0; k < k_out; ++k)
+              for (int64_t kk = k; kk < k_out; ++kk) {
+                const scalar_t v = static_cast<scalar_t>(s * dot(k, kk));
+                oi[k * k_out + kk] += v;
+                if (kk != k) oi[kk * k_out + k] += v;
+              }
+            break;
+          }
+        }
+      }
+    });
+  });
+}
+
+TORCH_LIBRARY_IMPL(fastntk, CPU, m) {
+  m.impl("ntk_diag_accumulate", &ntk_diag_accumulate_cpu);
+}
+
+}  // namespace fastntk

@@ -1,0 +1,210 @@
+// Shared between the CPU and CUDA implementations: the activation and output
+// mode enums parsed from the op's string arguments, the activation
+// derivatives (host and device), and the shape checks of each op, so that
+// both devices accept and refuse exactly the same calls.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <string>
+
+#include "checks.h"
+
+#if defined(__CUDACC__)
+#define FASTNTK_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FASTNTK_HOST_DEVICE inline
+#endif
+
+namespace fastntk {
+
+enum class Activation {
+  kIdentity, kRelu, kLeakyRelu, kTanh, kSigmoid, kGelu, kGeluTanh, kSilu,
+  kSoftplus, kErf
+};
+
+constexpr const char* kActivationNames =
+    "identity, relu, leaky_relu, tanh, sigmoid, gelu, gelu_tanh, silu, "
+    "softplus, erf";
+
+inline Activation parse_activation(c10::string_view name) {
+  if (name == "identity") return Activation::kIdentity;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "leaky_relu") return Activation::kLeakyRelu;
+  if (name == "tanh") return Activation::kTanh;
+  if (name == "sigmoid") return Activation::kSigmoid;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "gelu_tanh") return Activation::kGeluTanh;
+  if (name == "silu") return Activation::kSilu;
+  if (name == "softplus") return Activation::kSoftplus;
+  if (name == "erf") return Activation::kErf;
+  TORCH_CHECK(false, "activation must be one of ", kActivationNames, "; got '",
+              std::string(name), "'");
+}
+
+// Parameters of the parametrised activations (ignored by the others).
+struct ActivationParams {
+  double negative_slope;  // leaky_relu
+  double beta;            // softplus
+  double threshold;       // softplus: linear above beta * h > threshold
+};
+
+// phi'(h), matching the derivative that PyTorch's autograd uses for the same
+// module (including the value at the kinks: relu'(0) = 0, leaky_relu'(0) =
+// negative_slope, softplus linear above its threshold).
+template <typename T>
+FASTNTK_HOST_DEVICE T activation_derivative(Activation act, T h,
+                                            ActivationParams p) {
+  switch (act) {
+    case Activation::kIdentity:
+      return T(1);
+    case Activation::kRelu:
+      return h > T(0) ? T(1) : T(0);
+    case Activation::kLeakyRelu:
+      return h > T(0) ? T(1) : T(p.negative_slope);
+    case Activation::kTanh: {
+      T t = tanh(h);
+      return T(1) - t * t;
+    }
+    case Activation::kSigmoid: {
+      T s = T(1) / (T(1) + exp(-h));
+      return s * (T(1) - s);
+    }
+    case Activation::kGelu: {
+      // d/dh [h Phi(h)] = Phi(h) + h phi(h)
+      const T inv_sqrt2 = T(0.70710678118654752440);
+      const T inv_sqrt2pi = T(0.39894228040143267794);
+      return T(0.5) * (T(1) + erf(h * inv_sqrt2)) +
+             h * inv_sqrt2pi * exp(T(-0.5) * h * h);
+    }
+    case Activation::kGeluTanh: {
+      // gelu_tanh(h) = 0.5 h (1 + tanh(u)), u = sqrt(2/pi) (h + 0.044715 h^3)
+      const T k0 = T(0.79788456080286535588);
+      const T k1 = T(0.044715);
+      T u = k0 * (h + k1 * h * h * h);
+      T t = tanh(u);
+      return T(0.5) * (T(1) + t) +
+             T(0.5) * h * (T(1) - t * t) * k0 * (T(1) + T(3) * k1 * h * h);
+    }
+    case Activation::kSilu: {
+      T s = T(1) / (T(1) + exp(-h));
+      return s * (T(1) + h * (T(1) - s));
+    }
+    case Activation::kSoftplus: {
+      T z = h * T(p.beta);
+      if (z > T(p.threshold)) return T(1);
+      return T(1) / (T(1) + exp(-z));
+    }
+    case Activation::kErf: {
+      const T two_over_sqrtpi = T(1.12837916709551257390);
+      return two_over_sqrtpi * exp(-h * h);
+    }
+  }
+  return T(0);
+}
+
+enum class OutputMode { kFull, kTrace, kPerOutput };
+
+inline OutputMode parse_outputs(c10::string_view name) {
+  if (name == "full") return OutputMode::kFull;
+  if (name == "trace") return OutputMode::kTrace;
+  if (name == "per_output") return OutputMode::kPerOutput;
+  TORCH_CHECK(false, "outputs must be one of full, trace, per_output; got '",
+              std::string(name), "'");
+}
+
+// backprop_delta: delta_next (N, K, n_next), weight (n_next, n), h (N, n).
+inline void check_backprop_delta(const at::Tensor& delta_next,
+                                 const at::Tensor& weight, const at::Tensor& h) {
+  FASTNTK_CHECK_DIM(delta_next, 3);
+  FASTNTK_CHECK_DIM(weight, 2);
+  FASTNTK_CHECK_DIM(h, 2);
+  FASTNTK_CHECK_FLOATING(delta_next);
+  FASTNTK_CHECK_SAME_DTYPE(delta_next, weight);
+  FASTNTK_CHECK_SAME_DTYPE(delta_next, h);
+  FASTNTK_CHECK_SAME_DEVICE(delta_next, weight);
+  FASTNTK_CHECK_SAME_DEVICE(delta_next, h);
+  FASTNTK_CHECK_SIZE(weight, 0, delta_next.size(2), "delta_next.size(2)");
+  FASTNTK_CHECK_SIZE(h, 0, delta_next.size(0), "delta_next.size(0)");
+  FASTNTK_CHECK_SIZE(h, 1, weight.size(1), "weight.size(1)");
+}
+
+// The expected shape of the NTK output for N1 x N2 inputs and K outputs.
+inline std::vector<int64_t> ntk_out_shape(OutputMode mode, int64_t n1,
+                                          int64_t n2, int64_t k) {
+  switch (mode) {
+    case OutputMode::kFull:
+      return {n1, n2, k, k};
+    case OutputMode::kTrace:
+      return {n1, n2};
+    case OutputMode::kPerOutput:
+      return {n1, n2, k};
+  }
+  return {};
+}
+
+// ntk_accumulate: out (mode shape), a1 (N1, p), a2 (N2, p), d1 (N1, K, n),
+// d2 (N2, K, n).
+inline void check_ntk_accumulate(const at::Tensor& out, const at::Tensor& a1,
+                                 const at::Tensor& a2, const at::Tensor& d1,
+                                 const at::Tensor& d2, OutputMode mode) {
+  FASTNTK_CHECK_DIM(a1, 2);
+  FASTNTK_CHECK_DIM(a2, 2);
+  FASTNTK_CHECK_DIM(d1, 3);
+  FASTNTK_CHECK_DIM(d2, 3);
+  FASTNTK_CHECK_FLOATING(out);
+  for (const at::Tensor* t : {&a1, &a2, &d1, &d2}) {
+    TORCH_CHECK(t->scalar_type() == out.scalar_type(),
+                "a1, a2, d1, d2 must have the dtype of out (",
+                out.scalar_type(), "), got ", t->scalar_type());
+    TORCH_CHECK(t->device() == out.device(),
+                "a1, a2, d1, d2 must be on the device of out (", out.device(),
+                "), got ", t->device());
+  }
+  FASTNTK_CHECK_SIZE(a2, 1, a1.size(1), "a1.size(1)");
+  FASTNTK_CHECK_SIZE(d1, 0, a1.size(0), "a1.size(0)");
+  FASTNTK_CHECK_SIZE(d2, 0, a2.size(0), "a2.size(0)");
+  FASTNTK_CHECK_SIZE(d2, 1, d1.size(1), "d1.size(1)");
+  FASTNTK_CHECK_SIZE(d2, 2, d1.size(2), "d1.size(2)");
+  auto expected = ntk_out_shape(mode, a1.size(0), a2.size(0), d1.size(1));
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(expected), "out must have shape ",
+              at::IntArrayRef(expected), " for this outputs mode, got ",
+              shape_str(out));
+  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+}
+
+// The expected shape of the per-sample diagonal for N inputs and K outputs.
+inline std::vector<int64_t> diag_out_shape(OutputMode mode, int64_t n,
+                                           int64_t k) {
+  switch (mode) {
+    case OutputMode::kFull:
+      return {n, k, k};
+    case OutputMode::kTrace:
+      return {n};
+    case OutputMode::kPerOutput:
+      return {n, k};
+  }
+  return {};
+}
+
+// ntk_diag_accumulate: out (mode shape), a (N, p), d (N, K, n).
+inline void check_ntk_diag_accumulate(const at::Tensor& out,
+                                      const at::Tensor& a, const at::Tensor& d,
+                                      OutputMode mode) {
+  FASTNTK_CHECK_DIM(a, 2);
+  FASTNTK_CHECK_DIM(d, 3);
+  FASTNTK_CHECK_FLOATING(out);
+  FASTNTK_CHECK_SAME_DTYPE(out, a);
+  FASTNTK_CHECK_SAME_DTYPE(out, d);
+  FASTNTK_CHECK_SAME_DEVICE(out, a);
+  FASTNTK_CHECK_SAME_DEVICE(out, d);
+  FASTNTK_CHECK_SIZE(d, 0, a.size(0), "a.size(0)");
+  auto expected = diag_out_shape(mode, a.size(0), d.size(1));
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(expected), "out must have shape ",
+              at::IntArrayRef(expected), " for this outputs mode, got ",
+              shape_str(out));
+  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+}
+
+}  // namespace fastntk

@@ -1,0 +1,20 @@
+"""fastntk: exact empirical Neural Tangent Kernels of dense MLPs, computed
+layer by layer from cached activations and backpropagated signals, never
+forming a Jacobian.
+
+>>> import torch, fastntk
+>>> net = fastntk.MLP([16, 64, 64, 3], activation="relu", sigma_w=2**0.5)
+>>> fastntk.ntk(net, torch.randn(8, 16)).shape
+torch.Size([8, 8, 3, 3])
+"""
+
+from ._ops import backend, backend_info
+from .models import MLP, Activation, DenseLayer, Erf, parse_model
+from .ntk import Outputs, ntk, ntk_diag
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP", "Erf", "Activation", "DenseLayer", "Outputs", "parse_model",
+    "ntk", "ntk_diag", "backend", "backend_info", "__version__",
+]

@@ -1,0 +1,224 @@
+"""Thin typed wrappers over ``torch.ops.fastntk.*``, their fake (meta)
+implementations, and the fallback registration.
+
+The compiled extension ``fastntk._C`` defines the op schemas (csrc/ops.cpp)
+and the CPU (and, when built with CUDA, CUDA) kernels. When it cannot be
+loaded, or when ``FASTNTK_FORCE_REFERENCE=1``, the same schemas are defined
+here and the pure-PyTorch functions of :mod:`fastntk._reference` are
+registered as their implementation, so ``torch.ops.fastntk.*`` exists either
+way; :func:`backend` says which is active. A device the compiled extension has
+no kernel for (CUDA with a CPU-only build) also gets the reference kernels.
+
+The ops are not differentiable: the NTK is computed under ``torch.no_grad``
+and the wrappers refuse inputs that require grad rather than silently
+returning values without a gradient.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from . import _reference
+
+#: The op schemas, identical to csrc/ops.cpp (a test checks they agree).
+SCHEMAS = {
+    "backprop_delta": (
+        "backprop_delta(Tensor delta_next, Tensor weight, Tensor h, float scale, "
+        "str activation, float negative_slope=0.01, float beta=1., "
+        "float threshold=20.) -> Tensor"
+    ),
+    "ntk_accumulate": (
+        "ntk_accumulate(Tensor(a!) out, Tensor a1, Tensor a2, Tensor d1, "
+        "Tensor d2, float weight_scale, float bias_scale, str outputs) -> ()"
+    ),
+    "ntk_diag_accumulate": (
+        "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
+        "float weight_scale, float bias_scale, str outputs) -> ()"
+    ),
+}
+
+_load_error: str | None = None
+_C = None
+if os.environ.get("FASTNTK_FORCE_REFERENCE", "0") == "1":
+    _load_error = "FASTNTK_FORCE_REFERENCE=1"
+else:
+    try:
+        from . import _C  # noqa: F811  (registers the ops with the dispatcher)
+    except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+        _load_error = f"{type(exc).__name__}: {exc}"
+
+_fallback_lib = None
+if _C is None:
+    warnings.warn(
+        f"fastntk: compiled ops unavailable ({_load_error}); using the pure-PyTorch "
+        "reference ops (exact, but slower). Reinstall with "
+        "`pip install --no-build-isolation .` to build them.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    _fallback_lib = torch.library.Library("fastntk", "DEF")
+    for _name, _schema in SCHEMAS.items():
+        _fallback_lib.define(_schema)
+        _fallback_lib.impl(_name, getattr(_reference, _name), "CPU")
+        _fallback_lib.impl(_name, getattr(_reference, _name), "CUDA")
+else:
+    _impl_lib = torch.library.Library("fastntk", "IMPL")
+    for _name in SCHEMAS:
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastntk::{_name}", "CUDA"):
+            _impl_lib.impl(_name, getattr(_reference, _name), "CUDA")
+
+
+def backend() -> str:
+    """Which implementation runs ``torch.ops.fastntk.*``.
+
+    Returns
+    -------
+    str
+        ``"compiled"`` when the C++ extension is loaded (see
+        :func:`backend_info` for its CUDA kernels), ``"reference"`` when the
+        pure-PyTorch fallback is registered instead.
+    """
+    return "reference" if _C is None else "compiled"
+
+
+def backend_info() -> dict:
+    """Details of the active backend: which devices have compiled kernels,
+    whether OpenMP is on, the CUDA arch list, and why the extension did not
+    load when it did not."""
+    info = {"backend": backend(), "load_error": _load_error}
+    if _C is not None:
+        info.update(_C.build_info())
+    info["compiled_kernels"] = {
+        dev: all(
+            _C is not None
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastntk::{n}", dev)
+            and not (dev == "CUDA" and not info.get("cuda"))
+            for n in SCHEMAS
+        )
+        for dev in ("CPU", "CUDA")
+    }
+    return info
+
+
+def _refuse_grad(op: str, **tensors: torch.Tensor) -> None:
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if t.requires_grad:
+            raise RuntimeError(
+                f"fastntk.{op}: {name} requires grad, but fastntk ops are not "
+                "differentiable; call under torch.no_grad() or pass a detached tensor"
+            )
+
+
+def backprop_delta(
+    delta_next: torch.Tensor, weight: torch.Tensor, h: torch.Tensor, scale: float,
+    activation: str, negative_slope: float = 0.01, beta: float = 1.0,
+    threshold: float = 20.0,
+) -> torch.Tensor:
+    """Backpropagated signals of one layer for all K outputs.
+
+    delta = phi'(h) * scale * (delta_next @ weight).
+
+    Parameters
+    ----------
+    delta_next : (N, K, n_next) signals d f_k / d h^{l+1}.
+    weight : (n_next, n) the next layer's weight W^{l+1}.
+    h : (N, n) this layer's pre-activations.
+    scale : the next layer's multiplier c_{l+1}.
+    activation : name of phi (see ``fastntk._reference.ACTIVATIONS``).
+
+    Returns
+    -------
+    (N, K, n) tensor delta^l.
+    """
+    _refuse_grad("backprop_delta", delta_next=delta_next, weight=weight, h=h)
+    return torch.ops.fastntk.backprop_delta.default(
+        delta_next, weight, h, scale, activation, negative_slope, beta, threshold
+    )
+
+
+def ntk_accumulate(
+    out: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, d1: torch.Tensor,
+    d2: torch.Tensor, weight_scale: float, bias_scale: float, outputs: str,
+) -> None:
+    """Add one layer's NTK contribution to ``out`` in place.
+
+    out += (weight_scale * a1 a2^T + bias_scale) (.) <d1, d2>, where the
+    delta inner product is over units and broadcast per ``outputs``: full
+    (N1, N2, K, K), trace (N1, N2) or per_output (N1, N2, K).
+
+    Parameters
+    ----------
+    out : contiguous output, shape given by ``outputs``.
+    a1, a2 : (N1, p), (N2, p) the layer's input activations a^{l-1}.
+    d1, d2 : (N1, K, n), (N2, K, n) the layer's signals delta^l.
+    weight_scale, bias_scale : c_l^2 and beta_l^2 (0 drops that term).
+    """
+    _refuse_grad("ntk_accumulate", out=out, a1=a1, a2=a2, d1=d1, d2=d2)
+    torch.ops.fastntk.ntk_accumulate.default(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs)
+
+
+def ntk_diag_accumulate(
+    out: torch.Tensor, a: torch.Tensor, d: torch.Tensor, weight_scale: float,
+    bias_scale: float, outputs: str,
+) -> None:
+    """Add one layer's per-sample diagonal Theta(x_i, x_i) to ``out`` in place.
+
+    out[i] += (weight_scale |a_i|^2 + bias_scale) <d_ik, d_ik'>, with ``out``
+    (N, K, K), (N,) or (N, K) for outputs full, trace, per_output.
+
+    Parameters
+    ----------
+    a : (N, p) input activations; d : (N, K, n) signals.
+    """
+    _refuse_grad("ntk_diag_accumulate", out=out, a=a, d=d)
+    torch.ops.fastntk.ntk_diag_accumulate.default(out, a, d, weight_scale, bias_scale, outputs)
+
+
+# ---------------------------------------------------------------- fake kernels
+# Same checks as csrc/ntk_common.h, on metadata only, so ops trace under
+# torch.compile and FakeTensor with the messages the real kernels give.
+
+def _fake_check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise RuntimeError(msg)
+
+
+def _out_shape(outputs: str, n1: int, n2: int | None, k: int) -> tuple[int, ...]:
+    _reference._check_choice("outputs", outputs, _reference.OUTPUT_MODES)
+    lead = (n1,) if n2 is None else (n1, n2)
+    return {"full": lead + (k, k), "trace": lead, "per_output": lead + (k,)}[outputs]
+
+
+@torch.library.register_fake("fastntk::backprop_delta")
+def _backprop_delta_fake(delta_next, weight, h, scale, activation,
+                         negative_slope=0.01, beta=1.0, threshold=20.0):
+    _reference._check_choice("activation", activation, _reference.ACTIVATIONS)
+    _fake_check(delta_next.dim() == 3, f"delta_next must have 3 dimensions, got shape {tuple(delta_next.shape)}")
+    _fake_check(weight.dim() == 2, f"weight must have 2 dimensions, got shape {tuple(weight.shape)}")
+    _fake_check(h.dim() == 2, f"h must have 2 dimensions, got shape {tuple(h.shape)}")
+    _fake_check(weight.shape[0] == delta_next.shape[2], "weight.size(0) must equal delta_next.size(2)")
+    _fake_check(h.shape[0] == delta_next.shape[0], "h.size(0) must equal delta_next.size(0)")
+    _fake_check(h.shape[1] == weight.shape[1], "h.size(1) must equal weight.size(1)")
+    return delta_next.new_empty((delta_next.shape[0], delta_next.shape[1], weight.shape[1]))
+
+
+@torch.library.register_fake("fastntk::ntk_accumulate")
+def _ntk_accumulate_fake(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs):
+    expected = _out_shape(outputs, a1.shape[0], a2.shape[0], d1.shape[1])
+    _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got {tuple(out.shape)}")
+    _fake_check(a2.shape[1] == a1.shape[1], "a2.size(1) must equal a1.size(1)")
+    _fake_check(tuple(d2.shape[1:]) == tuple(d1.shape[1:]), "d2.size(1), d2.size(2) must equal those of d1")
+    return None
+
+
+@torch.library.register_fake("fastntk::ntk_diag_accumulate")
+def _ntk_diag_accumulate_fake(out, a, d, weight_scale, bias_scale, outputs):
+    expected = _out_shape(outputs, a.shape[0], None, d.shape[1])
+    _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got {tuple(out.shape)}")
+    _fake_check(d.shape[0] == a.shape[0], "d.size(0) must equal a.size(0)")
+    return None

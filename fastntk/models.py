@@ -1,0 +1,342 @@
+"""Models fastntk understands: the :class:`MLP` it ships, and the parsing of a
+model into the list of dense layers the NTK engine works on.
+
+A dense layer computes ``h = c * a @ W^T + beta * b`` followed by an
+elementwise activation. :func:`parse_model` accepts a :class:`MLP` (NTK or
+standard parametrization) or a ``torch.nn.Sequential`` of ``nn.Linear``
+layers and supported activations (standard parametrization: c = beta = 1),
+and refuses anything else with a ``TypeError`` naming the module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._reference import ACTIVATIONS
+
+PARAMETRIZATIONS = ("ntk", "standard")
+
+
+class Erf(nn.Module):
+    """Elementwise error function, ``torch.erf``: the activation with a closed
+    form infinite-width kernel (Williams 1997)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation phi, by name, with its parameters.
+
+    ``name`` is one of ``identity, relu, leaky_relu, tanh, sigmoid, gelu,
+    gelu_tanh, silu, softplus, erf``; ``negative_slope`` is used by
+    leaky_relu, ``beta`` and ``threshold`` by softplus (as in nn.Softplus).
+    """
+
+    name: str = "identity"
+    negative_slope: float = 0.01
+    beta: float = 1.0
+    threshold: float = 20.0
+
+    def __post_init__(self):
+        if self.name not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.name!r}")
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        """phi(h), elementwise; identical to the corresponding nn module."""
+        return _ACTIVATION_FORWARD[self.name](h, self)
+
+    def op_args(self) -> tuple:
+        """The (activation, negative_slope, beta, threshold) arguments of the ops."""
+        return (self.name, self.negative_slope, self.beta, self.threshold)
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> "Activation | None":
+        """The activation a module applies, or None if it is not one we know."""
+        if isinstance(module, nn.Identity):
+            return cls("identity")
+        if isinstance(module, nn.LeakyReLU):
+            return cls("leaky_relu", negative_slope=float(module.negative_slope))
+        if isinstance(module, nn.Softplus):
+            return cls("softplus", beta=float(module.beta), threshold=float(module.threshold))
+        if isinstance(module, nn.GELU):
+            return cls("gelu_tanh" if module.approximate == "tanh" else "gelu")
+        for kind, name in ((nn.ReLU, "relu"), (nn.Tanh, "tanh"), (nn.Sigmoid, "sigmoid"),
+                           (nn.SiLU, "silu"), (Erf, "erf")):
+            if type(module) is kind:
+                return cls(name)
+        return None
+
+
+_ACTIVATION_FORWARD = {
+    "identity": lambda h, a: h,
+    "relu": lambda h, a: F.relu(h),
+    "leaky_relu": lambda h, a: F.leaky_relu(h, a.negative_slope),
+    "tanh": lambda h, a: torch.tanh(h),
+    "sigmoid": lambda h, a: torch.sigmoid(h),
+    "gelu": lambda h, a: F.gelu(h),
+    "gelu_tanh": lambda h, a: F.gelu(h, approximate="tanh"),
+    "silu": lambda h, a: F.silu(h),
+    "softplus": lambda h, a: F.softplus(h, a.beta, a.threshold),
+    "erf": lambda h, a: torch.erf(h),
+}
+
+IDENTITY = Activation("identity")
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One weight layer as the engine sees it: h = scale * a @ weight^T +
+    bias_scale * bias, then ``activation`` (identity after the output layer
+    unless the model ends in an activation).
+
+    Attributes
+    ----------
+    weight : (n_out, n_in) tensor, detached (shares the model's storage).
+    bias : (n_out,) tensor or None.
+    scale : c_l; bias_scale : beta_l (0 when there is no bias).
+    activation : the activation applied to this layer's output.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    scale: float
+    bias_scale: float
+    activation: Activation
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def fan_out(self) -> int:
+        return self.weight.shape[0]
+
+    def pre_activation(self, a: torch.Tensor) -> torch.Tensor:
+        """h = scale * a @ weight^T + bias_scale * bias, (N, n_out)."""
+        h = a @ self.weight.T
+        if self.scale != 1.0:
+            h = h * self.scale
+        if self.bias is not None:
+            h = h + (self.bias_scale * self.bias if self.bias_scale != 1.0 else self.bias)
+        return h
+
+
+class MLP(nn.Module):
+    """A dense network in NTK or standard parametrization.
+
+    ``h^l = c_l W^l a^{l-1} + beta_l b^l``, ``a^l = phi(h^l)``, output
+    ``f = h^L`` (no activation on the last layer).
+
+    Parameters
+    ----------
+    widths : [n_0, n_1, ..., n_L], input dimension, hidden widths, outputs K.
+    activation : one of ``relu, leaky_relu, tanh, sigmoid, gelu, gelu_tanh,
+        silu, softplus, erf, identity``.
+    parametrization : ``"ntk"``: W, b ~ N(0, 1) and c_l = sigma_w /
+        sqrt(n_{l-1}), beta_l = sigma_b applied in forward; ``"standard"``:
+        W ~ N(0, sigma_w^2 / n_{l-1}), b ~ N(0, sigma_b^2), c = beta = 1.
+    sigma_w, sigma_b : weight and bias standard deviations (sigma_b = 0
+        keeps the biases, initialised at zero in standard parametrization and
+        trained; in NTK parametrization beta = 0 removes them from the NTK).
+    bias : whether layers have biases.
+    seed, generator : reproducible initialization (give at most one).
+    dtype, device : of the parameters.
+
+    Examples
+    --------
+    >>> net = MLP([784, 2048, 2048, 10], activation="relu", sigma_w=2**0.5)
+    >>> net(torch.randn(5, 784)).shape
+    torch.Size([5, 10])
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        activation: str = "relu",
+        parametrization: str = "ntk",
+        sigma_w: float = 1.0,
+        sigma_b: float = 0.0,
+        bias: bool = True,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        widths = _check_widths(widths)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}; got {parametrization!r}")
+        for name, value in (("sigma_w", sigma_w), ("sigma_b", sigma_b)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        if seed is not None and generator is not None:
+            raise ValueError("give at most one of seed and generator")
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        dtype = dtype or torch.get_default_dtype()
+        self.widths = widths
+        self.activation = activation
+        self.parametrization = parametrization
+        self.sigma_w = float(sigma_w)
+        self.sigma_b = float(sigma_b)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList() if bias else None
+        ntk_param = parametrization == "ntk"
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            w_std = 1.0 if ntk_param else self.sigma_w / math.sqrt(fan_in)
+            w = torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * w_std
+            self.weights.append(nn.Parameter(w.to(dtype=dtype, device=device)))
+            if bias:
+                b_std = 1.0 if ntk_param else self.sigma_b
+                b = torch.randn(fan_out, generator=generator, dtype=torch.float64) * b_std
+                self.biases.append(nn.Parameter(b.to(dtype=dtype, device=device)))
+
+    def dense_layers(self) -> list[DenseLayer]:
+        """This network as a list of :class:`DenseLayer` (detached views)."""
+        phi = Activation(self.activation)
+        ntk_param = self.parametrization == "ntk"
+        layers = []
+        for l, w in enumerate(self.weights):
+            layers.append(DenseLayer(
+                weight=w.detach(),
+                bias=None if self.biases is None else self.biases[l].detach(),
+                scale=self.sigma_w / math.sqrt(w.shape[1]) if ntk_param else 1.0,
+                bias_scale=0.0 if self.biases is None else (self.sigma_b if ntk_param else 1.0),
+                activation=phi if l < len(self.weights) - 1 else IDENTITY,
+            ))
+        return layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n_0) -> (N, K)."""
+        ntk_param = self.parametrization == "ntk"
+        phi = Activation(self.activation)
+        last = len(self.weights) - 1
+        for l, w in enumerate(self.weights):
+            h = F.linear(x, w)
+            if ntk_param:
+                h = h * (self.sigma_w / math.sqrt(w.shape[1]))
+            if self.biases is not None:
+                h = h + (self.sigma_b * self.biases[l] if ntk_param else self.biases[l])
+            x = phi(h) if l < last else h
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"widths={self.widths}, activation={self.activation!r}, "
+                f"parametrization={self.parametrization!r}, sigma_w={self.sigma_w:g}, "
+                f"sigma_b={self.sigma_b:g}, bias={self.biases is not None}")
+
+
+def _check_widths(widths) -> list[int]:
+    try:
+        widths = list(widths)
+    except TypeError:
+        raise TypeError(f"widths must be a sequence of ints [n_0, ..., n_L]; got {widths!r}") from None
+    if len(widths) < 2:
+        raise ValueError(f"widths must list at least an input and an output size, [n_0, ..., n_L]; got {widths!r}")
+    for i, w in enumerate(widths):
+        if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
+            raise ValueError(f"widths[{i}] must be a positive int; got {w!r} in widths={widths!r}")
+    return widths
+
+
+SUPPORTED_MODULES = ("fastntk.MLP, or nn.Sequential of nn.Linear and elementwise activations "
+                     "(ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, Identity, fastntk.Erf; "
+                     "Dropout in eval mode)")
+
+
+def _flatten_sequential(model: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    items = []
+    for name, module in model.named_children():
+        if isinstance(module, nn.Sequential):
+            items += _flatten_sequential(module, f"{prefix}{name}.")
+        else:
+            items.append((f"{prefix}{name}", module))
+    return items
+
+
+def parse_model(model: nn.Module) -> list[DenseLayer]:
+    """The dense layers of ``model``, in order.
+
+    Parameters
+    ----------
+    model : a :class:`MLP`, or an ``nn.Sequential`` (nested allowed) of
+        ``nn.Linear`` (with or without bias) each followed by at most one
+        supported activation; ``nn.Identity`` and ``nn.Dropout`` in eval
+        mode (or p = 0) are skipped.
+
+    Returns
+    -------
+    list of :class:`DenseLayer`, one per weight layer; the last one's
+    activation is the model's output activation (identity if none).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an nn.Module, or contains an unsupported module,
+        or modules in an unsupported order; the message names the module.
+    """
+    if isinstance(model, MLP):
+        layers = model.dense_layers()
+    elif isinstance(model, nn.Sequential):
+        layers = _parse_sequential(model)
+    elif isinstance(model, nn.Module):
+        raise TypeError(f"model must be {SUPPORTED_MODULES}; got {type(model).__name__}")
+    else:
+        raise TypeError(f"model must be a torch.nn.Module ({SUPPORTED_MODULES}); got {type(model).__name__}")
+    dtypes = {p.dtype for l in layers for p in (l.weight, l.bias) if p is not None}
+    devices = {p.device for l in layers for p in (l.weight, l.bias) if p is not None}
+    if len(dtypes) > 1 or len(devices) > 1:
+        raise TypeError(f"model parameters must share one dtype and device; got dtypes {sorted(map(str, dtypes))} "
+                        f"and devices {sorted(map(str, devices))}")
+    return layers
+
+
+def _parse_sequential(model: nn.Sequential) -> list[DenseLayer]:
+    specs: list[list] = []  # [linear, activation or None]
+    for name, module in _flatten_sequential(model):
+        where = f"model[{name}] ({module!r})"
+        if isinstance(module, nn.Dropout):
+            if module.training and module.p > 0:
+                raise TypeError(f"{where} is dropout in training mode, which makes the NTK random; "
+                                "call model.eval() first")
+            continue
+        if type(module) is nn.Linear:
+            specs.append([module, None])
+            continue
+        act = Activation.from_module(module)
+        if act is None:
+            raise TypeError(f"unsupported module {where}: fastntk supports {SUPPORTED_MODULES}")
+        if act.name == "identity":
+            continue
+        if not specs:
+            raise TypeError(f"{where} comes before any nn.Linear; the model must start with nn.Linear")
+        if specs[-1][1] is not None:
+            raise TypeError(f"{where} follows another activation ({specs[-1][1].name}); "
+                            "fastntk supports one activation per nn.Linear")
+        specs[-1][1] = act
+    if not specs:
+        raise TypeError(f"model contains no nn.Linear layer; fastntk supports {SUPPORTED_MODULES}")
+    layers = []
+    for i, (linear, act) in enumerate(specs):
+        if i and linear.in_features != specs[i - 1][0].out_features:
+            raise TypeError(f"nn.Linear {i} expects {linear.in_features} features but the previous layer "
+                            f"outputs {specs[i - 1][0].out_features}")
+        layers.append(DenseLayer(
+            weight=linear.weight.detach(),
+            bias=None if linear.bias is None else linear.bias.detach(),
+            scale=1.0,
+            bias_scale=0.0 if linear.bias is None else 1.0,
+            activation=act or IDENTITY,
+        ))
+    return layers

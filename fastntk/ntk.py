@@ -1,0 +1,269 @@
+"""The empirical NTK of dense MLPs, layer by layer, without Jacobians.
+
+A tour of every mode, for a network with K outputs and L weight layers::
+
+    net = fastntk.MLP([784, 2048, 2048, 10], sigma_w=2**0.5)       # K = 10, L = 3
+    x1, x2 = torch.randn(256, 784), torch.randn(64, 784)
+    fastntk.ntk(net, x1)                          # (256, 256, 10, 10)  Theta(x1, x1)
+    fastntk.ntk(net, x1, x2)                      # (256, 64, 10, 10)   Theta(x1, x2)
+    fastntk.ntk(net, x1, x2, outputs="trace")     # (256, 64)           sum_k Theta_kk
+    fastntk.ntk(net, x1, outputs="per_output")    # (256, 256, 10)      Theta_kk for each k
+    fastntk.ntk(net, x1, layerwise=True)          # (3, 2, 256, 256, 10, 10) [layer, weight|bias]
+    fastntk.ntk_diag(net, x1)                     # (256, 10, 10)       Theta(x_i, x_i)
+    fastntk.ntk_diag(net, x1, outputs="trace")    # (256,)              squared gradient norms
+
+How: one forward pass caches the pre-activations h^l, one backward pass
+propagates the signals delta^l = d f_k / d h^l for all K outputs at once
+(:func:`fastntk._ops.backprop_delta`), and each layer adds
+``(c_l^2 a^{l-1} a'^{l-1 T} + beta_l^2) (.) <delta^l, delta'^l>`` to the
+output (:func:`fastntk._ops.ntk_accumulate`). Layers are accumulated as the
+backward pass reaches them, so only the pre-activations and two layers of
+signals are alive at once: memory O(N sum n_l + N K max n_l) plus the output,
+instead of a Jacobian's O(N K P).
+
+Conventions: ``outputs="trace"`` is the *sum* over outputs (neural-tangents'
+``trace_axes`` averages instead: divide by K to compare). The full kernel is
+indexed ``[i, j, k, k']``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+
+import torch
+from torch import nn
+
+from . import _ops
+from .models import DenseLayer, parse_model
+
+
+class Outputs(str, enum.Enum):
+    """What to compute over the K network outputs.
+
+    FULL : (N1, N2, K, K), every pair of outputs. Memory and the delta Gram
+        cost grow as K^2; use it when the cross-output blocks matter.
+    TRACE : (N1, N2), sum_k Theta_kk (not the mean). One GEMM per layer on
+        signals flattened to (N, K n_l): the cheapest mode, and the one the
+        training-dynamics literature plots.
+    PER_OUTPUT : (N1, N2, K), Theta_kk for each k: a batched GEMM. For a
+        network whose outputs are exchangeable at init these are K samples
+        of the same kernel.
+    """
+
+    FULL = "full"
+    TRACE = "trace"
+    PER_OUTPUT = "per_output"
+
+
+_OUTPUT_CHOICES = ", ".join(repr(m.value) for m in Outputs)
+
+
+def _check_outputs(outputs) -> str:
+    if isinstance(outputs, Outputs):
+        return outputs.value
+    if isinstance(outputs, str) and outputs in {m.value for m in Outputs}:
+        return outputs
+    raise ValueError(f"outputs must be one of {_OUTPUT_CHOICES}; got {outputs!r}")
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_input(name: str, x, layers: list[DenseLayer]) -> torch.Tensor:
+    """Validate an input batch against the model: (N, n_0), same dtype/device."""
+    w = layers[0].weight
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, {w.shape[1]}); got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor ({w.dtype}, like the model); got dtype {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, n_0) = (N, {w.shape[1]}); got shape {tuple(x.shape)}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"{name} must have {w.shape[1]} features (the model's input size); "
+                         f"got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one input")
+    if x.dtype != w.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {w.dtype}; "
+                        f"convert one of them (e.g. {name}.to({w.dtype}) or model.to({x.dtype}))")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64; got {x.dtype}")
+    if x.device != w.device:
+        raise ValueError(f"{name} is on {x.device} but the model is on {w.device}; move one of them")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return x.detach()
+
+
+def _check_model(model: nn.Module) -> list[DenseLayer]:
+    layers = parse_model(model)
+    for l, layer in enumerate(layers):
+        for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
+            if p is not None and p.dtype in (torch.float32, torch.float64) and not torch.isfinite(p).all():
+                raise ValueError(f"model layer {l} {kind} contains NaN or Inf values")
+    return layers
+
+
+@contextlib.contextmanager
+def _tf32(allow: bool):
+    """Set torch's TF32 matmul flag for the duration of a call (CUDA only)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _forward(layers: list[DenseLayer], x: torch.Tensor) -> list[torch.Tensor]:
+    """Pre-activations h^1 .. h^L, each (N, n_l)."""
+    hs, a = [], x
+    for layer in layers:
+        h = layer.pre_activation(a)
+        hs.append(h)
+        a = layer.activation(h)
+    return hs
+
+
+def _output_delta(layers: list[DenseLayer], h_last: torch.Tensor) -> torch.Tensor:
+    """delta^L = d f_k / d h^L, (N, K, K): the identity, times phi'(h^L) when
+    the model ends in an activation."""
+    n, k = h_last.shape
+    eye = torch.eye(k, dtype=h_last.dtype, device=h_last.device)
+    act = layers[-1].activation
+    if act.name == "identity":
+        return eye.expand(n, k, k)
+    return _ops.backprop_delta(eye.expand(n, k, k), eye, h_last, 1.0, *act.op_args())
+
+
+def _layer_signals(layers: list[DenseLayer], x: torch.Tensor, hs: list[torch.Tensor]):
+    """Yield (l, a^{l-1}, delta^l) from the last layer to the first, keeping
+    only one layer's signals alive at a time."""
+    delta = _output_delta(layers, hs[-1])
+    for l in range(len(layers) - 1, -1, -1):
+        a_prev = x if l == 0 else layers[l - 1].activation(hs[l - 1])
+        yield l, a_prev, delta
+        if l > 0:
+            nxt = layers[l]
+            delta = _ops.backprop_delta(delta, nxt.weight, hs[l - 1], nxt.scale,
+                                        *layers[l - 1].activation.op_args())
+
+
+def _accumulate(accumulate, out: torch.Tensor, layer: DenseLayer, layerwise: bool, l: int, *tensors):
+    """Add layer l's weight and bias terms, into out[l, 0] and out[l, 1] when layerwise."""
+    weight_scale, bias_scale = layer.scale ** 2, layer.bias_scale ** 2
+    if not layerwise:
+        accumulate(out, *tensors, weight_scale, bias_scale)
+        return
+    accumulate(out[l, 0], *tensors, weight_scale, 0.0)
+    if bias_scale != 0.0:
+        accumulate(out[l, 1], *tensors, 0.0, bias_scale)
+
+
+def ntk(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    outputs: str | Outputs = "full",
+    layerwise: bool = False,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Empirical NTK Theta(x1, x2) of a dense network, exactly, without Jacobians.
+
+    Theta_{kk'}(x, x') = sum_params df_k(x)/dp df_k'(x')/dp, computed per layer as
+    ``(c_l^2 <a^{l-1}(x), a^{l-1}(x')> + beta_l^2) <delta^l_k(x), delta^l_k'(x')>``.
+
+    Parameters
+    ----------
+    model : :class:`fastntk.MLP`, or ``nn.Sequential`` of ``nn.Linear`` and
+        elementwise activations (standard parametrization). Left unchanged.
+    x1 : (N1, n_0) inputs, the model's dtype (float32/float64) and device.
+    x2 : (N2, n_0) inputs, or None for x2 = x1 (computed once; the result
+        is then exactly symmetric).
+    outputs : ``"full"`` -> (N1, N2, K, K); ``"trace"`` -> (N1, N2), the sum
+        over outputs; ``"per_output"`` -> (N1, N2, K). See :class:`Outputs`.
+    layerwise : if True, prepend axes (L, 2): ``[l, 0]`` is layer l's weight
+        term and ``[l, 1]`` its bias term (zero without bias); they sum to the
+        total.
+    allow_tf32 : let CUDA GEMMs use TF32 (about 1e-3 relative error in
+        float32, several times faster on Ampere and newer). Off by default.
+
+    Returns
+    -------
+    Tensor of the model's dtype and device, shaped as above.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an unsupported model, or inputs of the wrong type, shape, dtype or
+        device, empty, or containing NaN/Inf; the message names the argument.
+    """
+    layers = _check_model(model)
+    outputs = _check_outputs(outputs)
+    _check_flag("layerwise", layerwise)
+    _check_flag("allow_tf32", allow_tf32)
+    x1 = _check_input("x1", x1, layers)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else _check_input("x2", x2, layers)
+    n1, n2, k = x1.shape[0], x2.shape[0], layers[-1].fan_out
+    shape = {"full": (n1, n2, k, k), "trace": (n1, n2), "per_output": (n1, n2, k)}[outputs]
+    if layerwise:
+        shape = (len(layers), 2) + shape
+
+    with torch.no_grad(), _tf32(allow_tf32):
+        out = torch.zeros(shape, dtype=x1.dtype, device=x1.device)
+        signals1 = _layer_signals(layers, x1, _forward(layers, x1))
+        # x2 = x1: one forward/backward pass serves both sides of every Gram.
+        pairs = ((l, a1, a1, d1, d1) for l, a1, d1 in signals1) if symmetric else (
+            (l, a1, a2, d1, d2)
+            for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, _forward(layers, x2)))
+        )
+        accumulate = lambda o, a1, a2, d1, d2, ws, bs: _ops.ntk_accumulate(o, a1, a2, d1, d2, ws, bs, outputs)
+        for l, a1, a2, d1, d2 in pairs:
+            _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2)
+    return out
+
+
+def ntk_diag(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    outputs: str | Outputs = "full",
+    layerwise: bool = False,
+) -> torch.Tensor:
+    """Per-sample diagonal Theta(x_i, x_i), linear in N (no N x N matrix).
+
+    With ``outputs="trace"`` this is the squared norm of each example's
+    gradient summed over outputs.
+
+    Parameters
+    ----------
+    model : as in :func:`ntk`.
+    x : (N, n_0) inputs.
+    outputs : ``"full"`` -> (N, K, K); ``"trace"`` -> (N,); ``"per_output"``
+        -> (N, K).
+    layerwise : prepend axes (L, 2) (weight, bias terms per layer).
+
+    Returns
+    -------
+    Tensor of the model's dtype and device, shaped as above.
+    """
+    layers = _check_model(model)
+    outputs = _check_outputs(outputs)
+    _check_flag("layerwise", layerwise)
+    x = _check_input("x", x, layers)
+    n, k = x.shape[0], layers[-1].fan_out
+    shape = {"full": (n, k, k), "trace": (n,), "per_output": (n, k)}[outputs]
+    if layerwise:
+        shape = (len(layers), 2) + shape
+    with torch.no_grad():
+        out = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        accumulate = lambda o, a, d, ws, bs: _ops.ntk_diag_accumulate(o, a, d, ws, bs, outputs)
+        for l, a, d in _layer_signals(layers, x, _forward(layers, x)):
+            _accumulate(accumulate, out, layers[l], layerwise, l, a, d)
+    return out
