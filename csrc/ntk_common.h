@@ -169,7 +169,7 @@ inline void check_ntk_accumulate(const at::Tensor& out, const at::Tensor& a1,
   FASTNTK_CHECK_SIZE(d2, 2, d1.size(2), "d1.size(2)");
   auto expected = ntk_out_shape(mode, a1.size(0), a2.size(0), d1.size(1));
   TORCH_CHECK(out.sizes() == at::IntArrayRef(expected), "out must have shape ",
-              at::IntArrayRef(expected), " for this outputs mode, got ",
+              at::IntArrayRef(expected), " for this outputs mode, got shape ",
               shape_str(out));
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
 }
@@ -202,7 +202,7 @@ inline void check_ntk_diag_accumulate(const at::Tensor& out,
   FASTNTK_CHECK_SIZE(d, 0, a.size(0), "a.size(0)");
   auto expected = diag_out_shape(mode, a.size(0), d.size(1));
   TORCH_CHECK(out.sizes() == at::IntArrayRef(expected), "out must have shape ",
-              at::IntArrayRef(expected), " for this outputs mode, got ",
+              at::IntArrayRef(expected), " for this outputs mode, got shape ",
               shape_str(out));
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
 }

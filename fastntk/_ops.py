@@ -210,7 +210,7 @@ def _backprop_delta_fake(delta_next, weight, h, scale, activation,
 @torch.library.register_fake("fastntk::ntk_accumulate")
 def _ntk_accumulate_fake(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs):
     expected = _out_shape(outputs, a1.shape[0], a2.shape[0], d1.shape[1])
-    _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got {tuple(out.shape)}")
+    _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got shape {tuple(out.shape)}")
     _fake_check(a2.shape[1] == a1.shape[1], "a2.size(1) must equal a1.size(1)")
     _fake_check(tuple(d2.shape[1:]) == tuple(d1.shape[1:]), "d2.size(1), d2.size(2) must equal those of d1")
     return None
@@ -219,6 +219,6 @@ def _ntk_accumulate_fake(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs)
 @torch.library.register_fake("fastntk::ntk_diag_accumulate")
 def _ntk_diag_accumulate_fake(out, a, d, weight_scale, bias_scale, outputs):
     expected = _out_shape(outputs, a.shape[0], None, d.shape[1])
-    _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got {tuple(out.shape)}")
+    _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got shape {tuple(out.shape)}")
     _fake_check(d.shape[0] == a.shape[0], "d.size(0) must equal a.size(0)")
     return None

@@ -1,0 +1,271 @@
+"""Each op against its pure-PyTorch reference, torch.library.opcheck, bad
+inputs (C++ messages), torch.compile, and the fallback registration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastntk
+from fastntk import _ops, _reference
+from conftest import rel_err
+
+ACTS = [("relu", {}), ("leaky_relu", {"negative_slope": 0.2}), ("tanh", {}), ("sigmoid", {}),
+        ("gelu", {}), ("gelu_tanh", {}), ("silu", {}), ("softplus", {"beta": 2.0, "threshold": 1.0}),
+        ("erf", {}), ("identity", {})]
+OUTPUTS = ["full", "trace", "per_output"]
+
+
+def rand(*shape, device, dtype, noncontig=False, seed=[0]):
+    seed[0] += 1
+    g = torch.Generator().manual_seed(seed[0])
+    if noncontig:  # same values, transposed storage
+        t = torch.randn(*reversed(shape), generator=g, dtype=dtype).to(device)
+        return t.permute(*reversed(range(len(shape))))
+    return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+
+def out_shape(outputs, n1, n2, k):
+    lead = (n1,) if n2 is None else (n1, n2)
+    return {"full": lead + (k, k), "trace": lead, "per_output": lead + (k,)}[outputs]
+
+
+def zero_kink(h):
+    """Put exact zeros in h so relu/leaky_relu are evaluated at the kink."""
+    h = h.clone()
+    h.view(-1)[:: 3] = 0.0
+    return h
+
+
+# (N, K, n_next, n): odd sizes, K = 1 and K > 1, zero-size batches.
+BACKPROP_SHAPES = [(5, 3, 7, 6), (4, 1, 3, 9), (1, 2, 1, 1), (0, 3, 4, 5), (3, 2, 4, 0)]
+
+
+class TestBackpropDelta:
+    @staticmethod
+    def sample_inputs(device, dtype):
+        for i, (n, k, n_next, n_cur) in enumerate(BACKPROP_SHAPES):
+            for act, params in ACTS:
+                noncontig = i % 2 == 1
+                yield (rand(n, k, n_next, device=device, dtype=dtype, noncontig=noncontig),
+                       rand(n_next, n_cur, device=device, dtype=dtype, noncontig=noncontig),
+                       zero_kink(3 * rand(n, n_cur, device=device, dtype=dtype)), 0.7, act), params
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_matches_reference(self, device, dtype):
+        for args, kwargs in self.sample_inputs(device, dtype):
+            got = _ops.backprop_delta(*args, **kwargs)
+            ref = _reference.backprop_delta(*args, **kwargs)
+            assert got.shape == ref.shape
+            if got.numel():
+                tol = 1e-12 if dtype == torch.float64 else 1e-5
+                assert rel_err(got, ref) <= tol, args[-1]
+
+    def test_matches_autograd(self, device):
+        """Independent of the reference: d/dh of <phi(h), g> via autograd."""
+        for act, params in ACTS:
+            spec = fastntk.Activation(act, **params)
+            h = zero_kink(2 * rand(4, 6, device=device, dtype=torch.float64))
+            w = rand(5, 6, device=device, dtype=torch.float64)
+            dn = rand(4, 1, 5, device=device, dtype=torch.float64)
+            hh = h.clone().requires_grad_()
+            (spec(hh) * (0.7 * dn[:, 0] @ w)).sum().backward()
+            got = _ops.backprop_delta(dn, w, h, 0.7, *spec.op_args())
+            assert rel_err(got[:, 0], hh.grad) <= 1e-12, act
+
+    def test_opcheck(self, device):
+        for args, kwargs in self.sample_inputs(device, torch.float64):
+            torch.library.opcheck(torch.ops.fastntk.backprop_delta.default, args, kwargs)
+
+    def test_compile(self, device):
+        f = torch.compile(lambda d, w, h: _ops.backprop_delta(d, w, h, 0.5, "gelu"),
+                          fullgraph=True, backend="aot_eager")
+        d, w, h = (rand(3, 2, 4, device=device, dtype=torch.float64), rand(4, 5, device=device, dtype=torch.float64),
+                   rand(3, 5, device=device, dtype=torch.float64))
+        torch.testing.assert_close(f(d, w, h), _reference.backprop_delta(d, w, h, 0.5, "gelu"))
+
+    @pytest.mark.parametrize("args,match", [
+        (lambda: (torch.zeros(2, 3), torch.zeros(3, 4), torch.zeros(2, 4)), "delta_next must have 3 dimensions, got shape \\(2, 3\\)"),
+        (lambda: (torch.zeros(2, 1, 3), torch.zeros(5, 4), torch.zeros(2, 4)), r"weight.size\(0\) must equal delta_next.size\(2\) \(3\), got shape \(5, 4\)"),
+        (lambda: (torch.zeros(2, 1, 3), torch.zeros(3, 4), torch.zeros(3, 4)), r"h.size\(0\) must equal delta_next.size\(0\)"),
+        (lambda: (torch.zeros(2, 1, 3), torch.zeros(3, 4), torch.zeros(2, 5)), r"h.size\(1\) must equal weight.size\(1\)"),
+        (lambda: (torch.zeros(2, 1, 3), torch.zeros(3, 4).double(), torch.zeros(2, 4)), "delta_next and weight must have the same dtype"),
+        (lambda: (torch.zeros(2, 1, 3, dtype=torch.int32), torch.zeros(3, 4, dtype=torch.int32), torch.zeros(2, 4, dtype=torch.int32)), "delta_next must be float32 or float64, got Int"),
+    ])
+    def test_bad_inputs(self, args, match):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.fastntk.backprop_delta(*args(), 1.0, "relu")
+
+    def test_bad_activation(self):
+        with pytest.raises(RuntimeError, match="activation must be one of .*got 'swish'"):
+            torch.ops.fastntk.backprop_delta(torch.zeros(2, 1, 3), torch.zeros(3, 4), torch.zeros(2, 4), 1.0, "swish")
+
+    def test_refuses_grad(self):
+        d = torch.zeros(2, 1, 3, requires_grad=True)
+        with pytest.raises(RuntimeError, match="delta_next requires grad.*not differentiable"):
+            _ops.backprop_delta(d, torch.zeros(3, 4), torch.zeros(2, 4), 1.0, "relu")
+
+
+# (N1, N2, K, p, n)
+ACC_SHAPES = [(5, 3, 3, 7, 6), (4, 6, 1, 2, 9), (1, 1, 2, 1, 1), (3, 2, 4, 5, 3), (0, 3, 2, 4, 5), (3, 0, 2, 4, 5)]
+
+
+class TestNtkAccumulate:
+    @staticmethod
+    def sample_inputs(device, dtype):
+        for i, (n1, n2, k, p, n) in enumerate(ACC_SHAPES):
+            for outputs in OUTPUTS:
+                for ws, bs in ((0.3, 0.2), (0.0, 0.5), (1.1, 0.0)):
+                    nc = i % 2 == 0
+                    yield (rand(*out_shape(outputs, n1, n2, k), device=device, dtype=dtype),
+                           rand(n1, p, device=device, dtype=dtype, noncontig=nc), rand(n2, p, device=device, dtype=dtype),
+                           rand(n1, k, n, device=device, dtype=dtype, noncontig=nc), rand(n2, k, n, device=device, dtype=dtype),
+                           ws, bs, outputs)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_matches_reference(self, device, dtype):
+        for args in self.sample_inputs(device, dtype):
+            out, rest = args[0], args[1:]
+            got, ref = out.clone(), out.clone()
+            _ops.ntk_accumulate(got, *rest)
+            _reference.ntk_accumulate(ref, *rest)
+            if got.numel():
+                assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), args[-1]
+
+    def test_large_blocks(self):
+        """Enough rows that the CPU kernel splits x1 into several row blocks."""
+        n1, n2, k, n = 700, 90, 10, 3
+        args = (rand(n1, 4, device="cpu", dtype=torch.float64), rand(n2, 4, device="cpu", dtype=torch.float64),
+                rand(n1, k, n, device="cpu", dtype=torch.float64), rand(n2, k, n, device="cpu", dtype=torch.float64))
+        got, ref = torch.zeros(n1, n2, k, k, dtype=torch.float64), torch.zeros(n1, n2, k, k, dtype=torch.float64)
+        _ops.ntk_accumulate(got, *args, 0.5, 0.1, "full")
+        _reference.ntk_accumulate(ref, *args, 0.5, 0.1, "full")
+        assert rel_err(got, ref) <= 1e-12
+
+    def test_opcheck(self, device):
+        for args in self.sample_inputs(device, torch.float64):
+            torch.library.opcheck(torch.ops.fastntk.ntk_accumulate.default, args)
+
+    def test_compile(self, device):
+        def f(out, a, d):
+            _ops.ntk_accumulate(out, a, a, d, d, 0.5, 0.1, "full")
+            return out
+        cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+        a, d = rand(3, 4, device=device, dtype=torch.float64), rand(3, 2, 5, device=device, dtype=torch.float64)
+        ref = torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device)
+        _reference.ntk_accumulate(ref, a, a, d, d, 0.5, 0.1, "full")
+        torch.testing.assert_close(cf(torch.zeros_like(ref), a, d), ref)
+
+    @pytest.mark.parametrize("outputs,shape,match", [
+        ("full", (2, 3, 2), r"out must have shape \[2, 3, 2, 2\] for this outputs mode, got shape \(2, 3, 2\)"),
+        ("trace", (2, 3, 2, 2), r"out must have shape \[2, 3\]"),
+        ("nope", (2, 3), "outputs must be one of full, trace, per_output; got 'nope'"),
+    ])
+    def test_bad_out(self, outputs, shape, match):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.fastntk.ntk_accumulate(torch.zeros(shape), torch.zeros(2, 4), torch.zeros(3, 4),
+                                             torch.zeros(2, 2, 5), torch.zeros(3, 2, 5), 1.0, 1.0, outputs)
+
+    def test_bad_shapes_and_dtypes(self):
+        z = torch.zeros
+        with pytest.raises(RuntimeError, match=r"a2.size\(1\) must equal a1.size\(1\) \(4\), got shape \(3, 5\)"):
+            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4), z(3, 5), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+        with pytest.raises(RuntimeError, match=r"d2.size\(2\) must equal d1.size\(2\)"):
+            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 6), 1.0, 1.0, "trace")
+        with pytest.raises(RuntimeError, match="must have the dtype of out"):
+            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4).double(), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+        with pytest.raises(RuntimeError, match="out must be contiguous"):
+            torch.ops.fastntk.ntk_accumulate(z(3, 2).t(), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+
+
+# (N, K, p, n)
+DIAG_SHAPES = [(5, 3, 7, 6), (4, 1, 2, 9), (1, 2, 1, 1), (0, 2, 3, 4)]
+
+
+class TestNtkDiagAccumulate:
+    @staticmethod
+    def sample_inputs(device, dtype):
+        for i, (n, k, p, m) in enumerate(DIAG_SHAPES):
+            for outputs in OUTPUTS:
+                for ws, bs in ((0.3, 0.2), (0.0, 0.5)):
+                    yield (rand(*out_shape(outputs, n, None, k), device=device, dtype=dtype),
+                           rand(n, p, device=device, dtype=dtype, noncontig=i % 2 == 0),
+                           rand(n, k, m, device=device, dtype=dtype, noncontig=i % 2 == 0), ws, bs, outputs)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_matches_reference(self, device, dtype):
+        for args in self.sample_inputs(device, dtype):
+            got, ref = args[0].clone(), args[0].clone()
+            _ops.ntk_diag_accumulate(got, *args[1:])
+            _reference.ntk_diag_accumulate(ref, *args[1:])
+            if got.numel():
+                assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), args[-1]
+
+    def test_equals_diagonal_of_full(self, device):
+        a, d = rand(6, 4, device=device, dtype=torch.float64), rand(6, 3, 5, device=device, dtype=torch.float64)
+        full = torch.zeros(6, 6, 3, 3, dtype=torch.float64, device=device)
+        _ops.ntk_accumulate(full, a, a, d, d, 0.4, 0.3, "full")
+        diag = torch.zeros(6, 3, 3, dtype=torch.float64, device=device)
+        _ops.ntk_diag_accumulate(diag, a, d, 0.4, 0.3, "full")
+        assert rel_err(diag, torch.diagonal(full, dim1=0, dim2=1).movedim(-1, 0)) <= 1e-12
+
+    def test_opcheck(self, device):
+        for args in self.sample_inputs(device, torch.float64):
+            torch.library.opcheck(torch.ops.fastntk.ntk_diag_accumulate.default, args)
+
+    def test_compile(self, device):
+        def f(out, a, d):
+            _ops.ntk_diag_accumulate(out, a, d, 0.5, 0.1, "per_output")
+            return out
+        cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+        a, d = rand(3, 4, device=device, dtype=torch.float64), rand(3, 2, 5, device=device, dtype=torch.float64)
+        ref = torch.zeros(3, 2, dtype=torch.float64, device=device)
+        _reference.ntk_diag_accumulate(ref, a, d, 0.5, 0.1, "per_output")
+        torch.testing.assert_close(cf(torch.zeros_like(ref), a, d), ref)
+
+    def test_bad_inputs(self):
+        z = torch.zeros
+        with pytest.raises(RuntimeError, match=r"d.size\(0\) must equal a.size\(0\) \(3\), got shape \(4, 2, 5\)"):
+            torch.ops.fastntk.ntk_diag_accumulate(z(3), z(3, 4), z(4, 2, 5), 1.0, 1.0, "trace")
+        with pytest.raises(RuntimeError, match=r"out must have shape \[3, 2\]"):
+            torch.ops.fastntk.ntk_diag_accumulate(z(3), z(3, 4), z(3, 2, 5), 1.0, 1.0, "per_output")
+
+
+def test_schemas_match_compiled():
+    """The Python fallback defines exactly the C++ schemas."""
+    if fastntk.backend() != "compiled":
+        pytest.skip("compiled extension not loaded")
+    cpp = fastntk.backend_info()["schemas"]
+    assert len(cpp) == len(_ops.SCHEMAS)
+    for name, schema in _ops.SCHEMAS.items():
+        registered = torch.ops.fastntk.__getattr__(name).default._schema
+        assert str(torch._C.parse_schema(f"fastntk::{schema}")) == str(registered)
+        assert any(str(torch._C.parse_schema(f"fastntk::{s}")) == str(registered) for s in cpp)
+
+
+def test_reference_backend_in_subprocess():
+    """Without the compiled ops the same op names run the reference kernels,
+    with a warning, and the NTK is unchanged."""
+    code = (
+        "import warnings, torch\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import fastntk\n"
+        "assert fastntk.backend() == 'reference', fastntk.backend()\n"
+        "assert any('reference ops' in str(x.message) for x in w)\n"
+        "net = fastntk.MLP([4, 7, 3], activation='gelu', sigma_b=0.2, seed=0, dtype=torch.float64)\n"
+        "x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))\n"
+        "torch.save(fastntk.ntk(net, x, layerwise=True), 'ref.pt')\n"
+    )
+    env = dict(os.environ, FASTNTK_FORCE_REFERENCE="1")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp, check=True)
+        ref = torch.load(os.path.join(tmp, "ref.pt"))
+    net = fastntk.MLP([4, 7, 3], activation="gelu", sigma_b=0.2, seed=0, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert rel_err(fastntk.ntk(net, x, layerwise=True), ref) <= 1e-12
