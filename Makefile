@@ -1,0 +1,45 @@
+# fastntk: `make test` and `make demo` set everything up on a fresh machine.
+# Both create .venv if missing, install the dependencies and build the
+# extension in place, and are no-ops for setup when nothing changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch for this machine kind; override on a CUDA machine,
+# e.g. `make test TORCH_SPEC=torch` (or install into .venv yourself first).
+TORCH_SPEC ?= torch==2.13.0
+DEPS := numpy pybind11 ninja setuptools wheel tqdm matplotlib scikit-learn \
+        pytest pytest-benchmark scipy psutil
+EXT_SOURCES := setup.py pyproject.toml $(sort $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu))
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+.PHONY: test demo bench bench-setup cuda-check install clean
+
+install: $(VENV)/.fastntk-built
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps-installed: | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install $(DEPS)
+	touch $@
+
+$(VENV)/.fastntk-built: $(VENV)/.deps-installed $(EXT_SOURCES)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	$(PY) -c "import fastntk; print('fastntk backend:', fastntk.backend())"
+	touch $@
+
+test: install
+	$(PY) -m pytest tests -q
+
+demo: install
+	$(PY) -m fastntk demo --out demo-output
+
+cuda-check:
+	bash scripts/cuda_check.sh
+
+clean:
+	rm -rf build *.egg-info fastntk/_C*.so $(VENV)/.fastntk-built
