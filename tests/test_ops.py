@@ -146,6 +146,19 @@ class TestNtkAccumulate:
         _reference.ntk_accumulate(ref, *args, 0.5, 0.1, "full")
         assert rel_err(got, ref) <= 1e-12
 
+    @pytest.mark.parametrize("outputs", OUTPUTS)
+    def test_symmetric_same_tensors(self, device, outputs):
+        """a1 is a2 and d1 is d2 takes the triangle-and-mirror path: several
+        row blocks, diagonal blocks and mirrored blocks all checked."""
+        n, k = 150, 3
+        a = rand(n, 5, device=device, dtype=torch.float64)
+        d = rand(n, k, 4, device=device, dtype=torch.float64)
+        got = rand(*out_shape(outputs, n, n, k), device=device, dtype=torch.float64)
+        ref = got.clone()
+        _ops.ntk_accumulate(got, a, a, d, d, 0.7, 0.2, outputs)
+        _reference.ntk_accumulate(ref, a, a, d.clone(), d.clone(), 0.7, 0.2, outputs)
+        assert rel_err(got, ref) <= 1e-12
+
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
             torch.library.opcheck(torch.ops.fastntk.ntk_accumulate.default, args)
