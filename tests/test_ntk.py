@@ -237,6 +237,8 @@ X = torch.randn(3, 4)
     (lambda: fastntk.ntk(NET, torch.randn(0, 4)), ValueError, "x1 is an empty batch"),
     (lambda: fastntk.ntk(NET, X, torch.full((2, 4), float("nan"))), ValueError, "x2 contains NaN or Inf"),
     (lambda: fastntk.ntk(NET, torch.tensor([[float("inf")] * 4])), ValueError, "x1 contains NaN or Inf"),
+    (lambda: fastntk.ntk(NET, X.to("meta")), ValueError, "x1 is on meta but the model is on cpu"),
+    (lambda: fastntk.ntk(NET, X, X.to("meta")), ValueError, "x2 is on meta but the model is on cpu"),
     (lambda: fastntk.ntk(NET, X, outputs="diag"), ValueError, "outputs must be one of 'full', 'trace', 'per_output'; got 'diag'"),
     (lambda: fastntk.ntk(NET, X, layerwise="yes"), TypeError, "layerwise must be a bool"),
     (lambda: fastntk.ntk_diag(NET, X, outputs="mean"), ValueError, "outputs must be one of"),
