@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import sys
 
 import torch
 from torch import nn
@@ -153,6 +154,21 @@ def _layer_signals(layers: list[DenseLayer], x: torch.Tensor, hs: list[torch.Ten
                                         *layers[l - 1].activation.op_args())
 
 
+def _progress(pairs, layers: list[DenseLayer], n_pairs: int, outputs: str, show: bool | None):
+    """Wrap the per-layer loop in a tqdm bar when asked, or when the Grams are
+    large enough to take a while (auto only on a terminal)."""
+    if show is None:
+        k = layers[-1].fan_out
+        k_factor = k * k if outputs == "full" else k
+        flops = 2 * n_pairs * sum(l.fan_in + k_factor * l.fan_out for l in layers)
+        show = flops > 1e11 and sys.stderr.isatty()
+    if not show:
+        return pairs
+    from tqdm.auto import tqdm
+
+    return tqdm(pairs, total=len(layers), desc="fastntk.ntk layers", unit="layer")
+
+
 def _accumulate(accumulate, out: torch.Tensor, layer: DenseLayer, layerwise: bool, l: int, *tensors):
     """Add layer l's weight and bias terms, into out[l, 0] and out[l, 1] when layerwise."""
     weight_scale, bias_scale = layer.scale ** 2, layer.bias_scale ** 2
@@ -172,6 +188,7 @@ def ntk(
     outputs: str | Outputs = "full",
     layerwise: bool = False,
     allow_tf32: bool = False,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """Empirical NTK Theta(x1, x2) of a dense network, exactly, without Jacobians.
 
@@ -192,6 +209,8 @@ def ntk(
         total.
     allow_tf32 : let CUDA GEMMs use TF32 (about 1e-3 relative error in
         float32, several times faster on Ampere and newer). Off by default.
+    progress : show a progress bar over layers (tqdm, on stderr). None:
+        only for long calls (more than ~10^11 Gram flops) on a terminal.
 
     Returns
     -------
@@ -207,6 +226,8 @@ def ntk(
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)
     _check_flag("allow_tf32", allow_tf32)
+    if progress is not None:
+        _check_flag("progress", progress)
     x1 = _check_input("x1", x1, layers)
     symmetric = x2 is None
     x2 = x1 if symmetric else _check_input("x2", x2, layers)
@@ -224,7 +245,7 @@ def ntk(
             for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, _forward(layers, x2)))
         )
         accumulate = lambda o, a1, a2, d1, d2, ws, bs: _ops.ntk_accumulate(o, a1, a2, d1, d2, ws, bs, outputs)
-        for l, a1, a2, d1, d2 in pairs:
+        for l, a1, a2, d1, d2 in _progress(pairs, layers, n1 * n2, outputs, progress):
             _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2)
     return out
 

@@ -173,6 +173,18 @@ def test_input_requiring_grad_is_fine_and_result_is_detached():
     assert not out.requires_grad and x.grad is None
 
 
+def test_progress_bar(capsys):
+    net = make_mlp([5, 8, 8, 3])
+    x = inputs(4, 5)
+    quiet = fastntk.ntk(net, x, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = fastntk.ntk(net, x, progress=True)
+    assert "fastntk.ntk layers" in capsys.readouterr().err
+    torch.testing.assert_close(shown, quiet, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        fastntk.ntk(net, x, progress="yes")
+
+
 def test_mlp_is_a_trainable_module():
     net = fastntk.MLP([3, 8, 2], seed=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
