@@ -46,8 +46,10 @@ def _timed(fn, repeats: int = 3):
 
 
 def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024, hidden_layers: int = 3,
-             compare_n: int = 32, seed: int = 0) -> dict:
-    """Run the demo; returns the numbers it printed. Writes ``out/digits_ntk.png``."""
+             compare_n: int = 32, seed: int = 0, experiments: bool = True) -> dict:
+    """Run the demo; returns the numbers it printed. Writes ``out/digits_ntk.png``,
+    and with ``experiments`` (default) a reduced NTK-dispersion experiment
+    (:func:`run_dispersion_demo`) into ``out/dispersion/``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,4 +98,36 @@ def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"\nheatmap written to {path}")
-    return {"shares": shares, "t_fastntk": t_fast, "t_jacobian": t_jac, "rel_err": err, "png": path}
+    result = {"shares": shares, "t_fastntk": t_fast, "t_jacobian": t_jac, "rel_err": err, "png": path}
+    if experiments:
+        result["dispersion"] = run_dispersion_demo(os.path.join(out, "dispersion"), seed=seed)
+    return result
+
+
+def run_dispersion_demo(out: str = "demo-output/dispersion", depths=tuple(range(1, 21)),
+                        sigma_w2s=(1.0, 1.5, 2.0, 2.5, 3.0), width: int = 100, n_inits: int = 200,
+                        cosine: float = 0.5, seed: int = 0) -> dict:
+    """A reduced ICML 2022 dispersion experiment (``fastntk run dispersion``
+    with fewer depths, sigma_w^2 values and inits): writes dispersion.csv and
+    dispersion.png into ``out`` and prints a summary."""
+    from . import experiments as E
+
+    print(f"\nNTK dispersion vs depth (Seleznova & Kutyniok, ICML 2022 setup, reduced): ReLU, standard "
+          f"parametrization, width {width}, depths {depths[0]}..{depths[-1]}, sigma_w^2 "
+          f"{', '.join(f'{v:g}' for v in sigma_w2s)}, {n_inits} inits, cos(x, x') = {cosine:g}")
+    t0 = time.perf_counter()
+    rows = E.dispersion(depths=list(depths), sigma_w2s=list(sigma_w2s), widths=[width], cosines=[cosine],
+                        n_inits=n_inits, seed=seed)
+    elapsed = time.perf_counter() - t0
+    os.makedirs(out, exist_ok=True)
+    csv_path = E.save_csv(rows, os.path.join(out, "dispersion.csv"))
+    png_path = E.plot_dispersion(rows, os.path.join(out, "dispersion.png"))
+    first, last = depths[0], depths[-1]
+    print(f"{'sigma_w^2':>9} {'phase':>14} {'D(depth ' + str(first) + ')':>14} {'D(depth ' + str(last) + ')':>14}")
+    for v in sigma_w2s:
+        d = {r["depth"]: r for r in rows if r["sigma_w2"] == v}
+        print(f"{v:>9g} {d[first]['phase']:>14} {d[first]['dispersion']:>14.3f} "
+              f"{d[last]['dispersion']:>14.3f}  [{d[last]['dispersion_lo']:.2f}, {d[last]['dispersion_hi']:.2f}]")
+    print(f"({elapsed:.1f} s) dispersion table and figure written to {csv_path} and {png_path}")
+    print("full experiment: fastntk run dispersion --help")
+    return {"rows": rows, "csv": csv_path, "png": png_path, "seconds": elapsed}
