@@ -38,8 +38,9 @@ def _extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 
+    # No -std flag: torch's BuildExtension adds the standard its headers need
+    # (C++17 up to some releases, C++20 from torch 2.14, whose ATen.h refuses C++17).
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags += ["-std=c++17"]
     link_flags = []
     parallel = torch.__config__.parallel_info()
     if "OpenMP" in parallel and "not available" not in parallel.split("OpenMP")[1].split("\n")[0]:
@@ -62,7 +63,7 @@ def _extensions():
             _log(f"no GPU visible and no TORCH_CUDA_ARCH_LIST: using {DEFAULT_CUDA_ARCH_LIST}")
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3"]
-        nvcc_flags += ["-std=c++17", "--expt-relaxed-constexpr"]
+        nvcc_flags += ["--expt-relaxed-constexpr"]
         nvcc_flags += shlex.split(os.environ.get("NVCC_FLAGS", ""))
         extra_compile_args["nvcc"] = nvcc_flags
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "auto (visible GPU)")
