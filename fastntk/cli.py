@@ -159,7 +159,7 @@ def _versions(device) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run_experiment(args) -> dict:
+def run_experiment(args, argv: list[str] | None = None) -> dict:
     """Run ``args.experiment`` (parsed ``fastntk run`` arguments); returns the JSON record."""
     from . import experiments as E
 
@@ -194,7 +194,7 @@ def run_experiment(args) -> dict:
         rows = E.layer_shares(**kw, **common)
         files["png"] = E.plot_layer_shares(rows, os.path.join(args.out, "layer_shares.png"))
     files["csv"] = E.save_csv(rows, os.path.join(args.out, f"{name}.csv"))
-    record = {"experiment": name, "settings": {**kw, **common}, "command": " ".join(["fastntk"] + sys.argv[1:]),
+    record = {"experiment": name, "settings": {**kw, **common}, "command": " ".join(["fastntk"] + list(sys.argv[1:] if argv is None else argv)),
               "runtime_s": round(time.perf_counter() - t0, 3), "files": files, "versions": _versions(args.device),
               "n_rows": len(rows)}
     path = os.path.join(args.out, f"{name}.json")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                  experiments=not args.skip_experiments)
     elif args.command == "run":
         try:
-            run_experiment(args)
+            run_experiment(args, argv)
         except ValueError as exc:
             parser.error(f"run {args.experiment}: {exc}")
     return 0
