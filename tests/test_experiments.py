@@ -1,0 +1,152 @@
+"""fastntk.experiments and `fastntk run`: tidy rows, files, the exact
+sigma_w-scaling shortcut, argument checking. Tiny configurations only."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from fastntk import experiments as E
+from fastntk.cli import main
+from fastntk.ensemble import ensemble_ntk
+
+DISP_KEYS = {"width", "depth", "sigma_w2", "phase", "cosine", "n_inits", "mean", "std", "dispersion",
+             "dispersion_se", "dispersion_lo", "dispersion_hi", "infinite_mean"}
+
+
+def test_homogeneity_shortcut_equals_direct_ensembles():
+    x = E.sphere_inputs(12, [0.3, 1.0])
+    widths = [12] * 4 + [1]
+    for act in ("relu", "leaky_relu"):
+        per = E._per_init_layerwise(widths, x, [5, 6, 7, 8], [0.7, 2.5], activation=act,
+                                    parametrization="standard", sigma_b=0.0, device=None, chunk=None)
+        for v in (0.7, 2.5):
+            direct = ensemble_ntk(widths, x, seeds=[5, 6, 7, 8], activation=act, parametrization="standard",
+                                  sigma_w=math.sqrt(v), layerwise=True, keep=True).kernels
+            assert ((per[v] - direct).abs().max() / direct.abs().max()).item() < 1e-12
+
+
+def test_dispersion_rows_csv_png(tmp_path):
+    rows = E.dispersion(depths=[1, 3], sigma_w2s=[1.0, 2.0, 3.0], widths=[10], cosines=[1.0, 0.2],
+                        n_inits=20, n_boot=50)
+    assert len(rows) == 2 * 3 * 2
+    assert all(set(r) == DISP_KEYS for r in rows)
+    assert {r["phase"] for r in rows} == {"ordered", "edge_of_chaos", "chaotic"}
+    for r in rows:
+        assert r["dispersion"] >= 1 and r["dispersion_lo"] <= r["dispersion"] * (1 + 1e-12)
+        assert r["dispersion_hi"] >= r["dispersion"] * (1 - 1e-12) and r["n_inits"] == 20
+        assert math.isfinite(r["infinite_mean"])
+    # depth 1 diagonal: the infinite-width expectation is exact for ReLU, sigma_b = 0
+    r = next(r for r in rows if r["depth"] == 1 and r["cosine"] == 1.0 and r["sigma_w2"] == 2.0)
+    assert abs(r["mean"] - r["infinite_mean"]) < 5 * r["std"] / math.sqrt(20)
+    csv_path = E.save_csv(rows, str(tmp_path / "d.csv"))
+    back = list(csv.DictReader(open(csv_path)))
+    assert len(back) == len(rows) and float(back[0]["dispersion"]) == rows[0]["dispersion"]
+    png = E.plot_dispersion(rows, str(tmp_path / "d.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dispersion_general_path():
+    # tanh is not homogeneous: one ensemble per sigma_w^2, same seeds
+    rows = E.dispersion(depths=[2], sigma_w2s=[1.0, 2.0], widths=[8], cosines=[0.5], n_inits=10,
+                        activation="tanh", sigma_b=0.1, n_boot=20)
+    direct = ensemble_ntk([8, 8, 8, 1], E.sphere_inputs(8, [0.5]), seeds=10, activation="tanh",
+                          parametrization="standard", sigma_w=math.sqrt(2.0), sigma_b=0.1)
+    r = rows[1]
+    assert r["sigma_w2"] == 2.0 and abs(r["mean"] - direct.mean[0, 1].item()) < 1e-10 * abs(r["mean"])
+    assert abs(r["dispersion"] - direct.dispersion[0, 1].item()) < 1e-10
+
+
+def test_convergence_rows_and_plot(tmp_path):
+    rows = E.convergence(widths=[16, 64], depths=[1], sigma_w2s=[1.0, 3.0], n_inits=6)
+    assert len(rows) == 4
+    assert {"depth", "sigma_w2", "phase", "width", "rel_dist", "rel_dist_se", "rel_dist_of_mean",
+            "slope"} <= set(rows[0])
+    assert all(0 < r["rel_dist"] < 2 and r["slope"] < 0.5 for r in rows)
+    rates = E.convergence_rates(rows)
+    assert len(rates) == 2 and all(math.isfinite(r["slope"]) for r in rates)
+    assert open(E.plot_convergence(rows, str(tmp_path / "c.png")), "rb").read(4) == b"\x89PNG"
+
+
+def test_layer_shares_sum_to_one(tmp_path):
+    rows = E.layer_shares(depth=4, sigma_w2s=[0.5, 2.0, 3.5], width=10, n_inits=8)
+    assert len(rows) == 3 * 5
+    for v in (0.5, 2.0, 3.5):
+        sel = [r for r in rows if r["sigma_w2"] == v]
+        assert abs(sum(r["share"] for r in sel) - 1) < 1e-12
+        assert all(abs(r["weight_share"] + r["bias_share"] - r["share"]) < 1e-12 for r in sel)
+    # ordered phase: the last layers dominate; chaotic: the weight terms are spread evenly
+    ordered = [r["share"] for r in rows if r["sigma_w2"] == 0.5]
+    assert ordered[-1] > ordered[0]
+    assert open(E.plot_layer_shares(rows, str(tmp_path / "l.png")), "rb").read(4) == b"\x89PNG"
+
+
+@pytest.mark.parametrize("fn,kwargs,word", [
+    (E.dispersion, dict(depths=[0]), "depths"),
+    (E.dispersion, dict(depths=[1], sigma_w2s=[-1.0]), "sigma_w2s"),
+    (E.dispersion, dict(depths=[1], cosines=[1.5]), "cosines"),
+    (E.dispersion, dict(depths=[1], widths=[1]), "widths"),
+    (E.dispersion, dict(depths=[1], n_inits=1), "n_inits"),
+    (E.dispersion, dict(depths=[1], activation="swish"), "activation"),
+    (E.dispersion, dict(depths=[1], parametrization="mup"), "parametrization"),
+    (E.dispersion, dict(depths=[1], sigma_b=-0.1), "sigma_b"),
+    (E.convergence, dict(widths=[]), "widths"),
+    (E.convergence, dict(n_inputs=0), "n_inputs"),
+    (E.layer_shares, dict(depth=0), "depth"),
+    (E.layer_shares, dict(width=1.5), "width"),
+])
+def test_bad_arguments(fn, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        fn(**kwargs)
+
+
+def test_save_csv_and_plots_refuse_bad_rows(tmp_path):
+    with pytest.raises(ValueError, match="rows"):
+        E.save_csv([], str(tmp_path / "x.csv"))
+    with pytest.raises(ValueError, match="rows"):
+        E.plot_dispersion([{"depth": 1}], str(tmp_path / "x.png"))
+
+
+def test_cli_run_dispersion(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["run", "dispersion", "--depths", "1:2", "4", "--sigma-w2", "1", "2.5", "--width", "10",
+                 "--inits", "12", "--cosine", "0.5", "--out", str(out), "--no-progress"]) == 0
+    for name in ("dispersion.csv", "dispersion.png", "dispersion.json"):
+        assert (out / name).stat().st_size > 0
+    rec = json.loads((out / "dispersion.json").read_text())
+    assert rec["settings"]["depths"] == [1, 2, 4] and rec["settings"]["sigma_w2s"] == [1.0, 2.5]
+    assert {"torch", "fastntk", "python", "date", "device"} <= set(rec["versions"])
+    assert len(list(csv.DictReader(open(out / "dispersion.csv")))) == 3 * 2
+    assert "dispersion.png" in capsys.readouterr().out
+
+
+def test_cli_run_layer_shares_and_convergence(tmp_path):
+    assert main(["run", "layer_shares", "--depths", "3", "--width", "8", "--inits", "4", "--sigma-w2", "icml",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert len(list(csv.DictReader(open(tmp_path / "layer_shares.csv")))) == 16 * 4
+    assert main(["run", "convergence", "--depths", "1", "--width", "8", "16", "--inits", "3",
+                 "--sigma-w2", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (tmp_path / "convergence_rates.csv").exists() and (tmp_path / "convergence.png").exists()
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["run", "dispersion", "--depths", "5:1"], "range"),
+    (["run", "dispersion", "--depths", "a"], "int"),
+    (["run", "dispersion", "--depths", "0", "--inits", "3"], "depths"),
+    (["run", "layer_shares", "--depths", "2", "3"], "one value"),
+    (["run", "nonsense"], "invalid choice"),
+])
+def test_cli_bad_arguments(argv, word, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path)])
+    assert e.value.code == 2 and word in capsys.readouterr().err
+
+
+def test_cli_help_explains_experiments(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for word in ("dispersion", "convergence", "layer_shares", "edge of chaos", "1:20", "--inits", "seed"):
+        assert word in text
