@@ -29,6 +29,7 @@ indexed ``[i, j, k, k']``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import sys
 
@@ -99,8 +100,8 @@ def _check_input(name: str, x, layers: list[DenseLayer]) -> torch.Tensor:
     if x.dtype != w.dtype:
         raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {w.dtype}; "
                         f"convert one of them (e.g. {name}.to({w.dtype}) or model.to({x.dtype}))")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float32 or float64; got {x.dtype}")
+    if x.dtype not in _INPUT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {x.dtype}")
     if x.device != w.device:
         raise ValueError(f"{name} is on {x.device} but the model is on {w.device}; move one of them")
     if not _all_finite(x):
@@ -108,11 +109,24 @@ def _check_input(name: str, x, layers: list[DenseLayer]) -> torch.Tensor:
     return x.detach()
 
 
+_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _compute_dtype(layers: list[DenseLayer], *xs: torch.Tensor):
+    """Half-precision models run, accumulate and return in float32: the layers
+    and inputs are upcast copies (the model itself is untouched)."""
+    if xs[0].dtype not in (torch.float16, torch.bfloat16):
+        return (layers,) + xs
+    up = lambda t: None if t is None else t.float()
+    layers = [dataclasses.replace(l, weight=up(l.weight), bias=up(l.bias)) for l in layers]
+    return (layers,) + tuple(x.float() for x in xs)
+
+
 def _check_model(model: nn.Module) -> list[DenseLayer]:
     layers = parse_model(model)
     for l, layer in enumerate(layers):
         for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
-            if p is not None and p.dtype in (torch.float32, torch.float64) and not _all_finite(p):
+            if p is not None and p.is_floating_point() and not _all_finite(p):
                 raise ValueError(f"model layer {l} {kind} contains NaN or Inf values")
     return layers
 
@@ -207,7 +221,8 @@ def ntk(
     ----------
     model : :class:`fastntk.MLP`, or ``nn.Sequential`` of ``nn.Linear`` and
         elementwise activations (standard parametrization). Left unchanged.
-    x1 : (N1, n_0) inputs, the model's dtype (float32/float64) and device.
+    x1 : (N1, n_0) inputs, the model's dtype (float32/float64, or
+        float16/bfloat16, computed in float32) and device.
     x2 : (N2, n_0) inputs, or None for x2 = x1 (computed once; the result
         is then exactly symmetric).
     outputs : ``"full"`` -> (N1, N2, K, K); ``"trace"`` -> (N1, N2), the sum
@@ -222,7 +237,8 @@ def ntk(
 
     Returns
     -------
-    Tensor of the model's dtype and device, shaped as above.
+    Tensor of the model's dtype (float32 for a float16/bfloat16 model, which
+    is computed in float32) and device, shaped as above.
 
     Raises
     ------
@@ -239,6 +255,7 @@ def ntk(
     x1 = _check_input("x1", x1, layers)
     symmetric = x2 is None
     x2 = x1 if symmetric else _check_input("x2", x2, layers)
+    layers, x1, x2 = _compute_dtype(layers, x1, x2)
     n1, n2, k = x1.shape[0], x2.shape[0], layers[-1].fan_out
     shape = {"full": (n1, n2, k, k), "trace": (n1, n2), "per_output": (n1, n2, k)}[outputs]
     if layerwise:
@@ -285,7 +302,7 @@ def ntk_diag(
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)
-    x = _check_input("x", x, layers)
+    layers, x = _compute_dtype(layers, _check_input("x", x, layers))
     n, k = x.shape[0], layers[-1].fan_out
     shape = {"full": (n, k, k), "trace": (n,), "per_output": (n, k)}[outputs]
     if layerwise:

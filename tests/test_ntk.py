@@ -124,6 +124,19 @@ def test_float32_within_plain_pytorch_error(device, outputs):
     assert rel_err(got32, ref) <= bound
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_compute_in_float32(dtype):
+    net = make_mlp([6, 16, 16, 3], "gelu", dtype=torch.float32).to(dtype)
+    x = inputs(5, 6, dtype=torch.float32).to(dtype)
+    up = make_mlp([6, 16, 16, 3], "gelu", dtype=torch.float32)
+    up.load_state_dict({k: v.float() for k, v in net.state_dict().items()})
+    for fn in (lambda m, a: fastntk.ntk(m, a, layerwise=True), lambda m, a: fastntk.ntk_diag(m, a)):
+        got = fn(net, x)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, fn(up, x.float()), rtol=0, atol=0)
+    assert next(net.parameters()).dtype == dtype
+
+
 def test_layerwise_homogeneity_per_init():
     """DESIGN.md: standard parametrization, ReLU, sigma_b = 0: scaling every W
     by sqrt(s) scales layer l's weight term by s^(L-1) and its bias term by
@@ -256,6 +269,8 @@ X = torch.randn(3, 4)
     (lambda: fastntk.ntk_diag(NET, X, outputs="mean"), ValueError, "outputs must be one of"),
     (lambda: fastntk.ntk_diag(NET, X[:, :2]), ValueError, "x must have 4 features"),
     (lambda: fastntk.ntk(NET, X.half()), TypeError, "x1 has dtype torch.float16"),
+    (lambda: fastntk.ntk(nn.Linear(4, 2).to(torch.complex64), X.to(torch.complex64)), TypeError,
+     "x1 must be a floating-point tensor.*complex64"),
     (lambda: fastntk.MLP([4, 0, 2]), ValueError, r"widths\[1\] must be a positive int; got 0"),
     (lambda: fastntk.MLP([4, -3, 2]), ValueError, r"widths\[1\] must be a positive int; got -3"),
     (lambda: fastntk.MLP([4]), ValueError, "widths must list at least"),
