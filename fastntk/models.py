@@ -250,7 +250,7 @@ def _check_widths(widths) -> list[int]:
     return widths
 
 
-SUPPORTED_MODULES = ("fastntk.MLP, or nn.Sequential of nn.Linear and elementwise activations "
+SUPPORTED_MODULES = ("fastntk.MLP, nn.Linear, or nn.Sequential of nn.Linear and elementwise activations "
                      "(ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, Identity, fastntk.Erf; "
                      "Dropout in eval mode)")
 
@@ -270,7 +270,7 @@ def parse_model(model: nn.Module) -> list[DenseLayer]:
 
     Parameters
     ----------
-    model : a :class:`MLP`, or an ``nn.Sequential`` (nested allowed) of
+    model : a :class:`MLP`, a single ``nn.Linear``, or an ``nn.Sequential`` (nested allowed) of
         ``nn.Linear`` (with or without bias) each followed by at most one
         supported activation; ``nn.Identity`` and ``nn.Dropout`` in eval
         mode (or p = 0) are skipped.
@@ -290,6 +290,8 @@ def parse_model(model: nn.Module) -> list[DenseLayer]:
         layers = model.dense_layers()
     elif isinstance(model, nn.Sequential):
         layers = _parse_sequential(model)
+    elif type(model) is nn.Linear:
+        layers = _parse_sequential(nn.Sequential(model))
     elif isinstance(model, nn.Module):
         raise TypeError(f"model must be {SUPPORTED_MODULES}; got {type(model).__name__}")
     else:
@@ -299,6 +301,9 @@ def parse_model(model: nn.Module) -> list[DenseLayer]:
     if len(dtypes) > 1 or len(devices) > 1:
         raise TypeError(f"model parameters must share one dtype and device; got dtypes {sorted(map(str, dtypes))} "
                         f"and devices {sorted(map(str, devices))}")
+    if not all(d.is_floating_point for d in dtypes):
+        raise TypeError(f"model parameters must be real floating point (float16, bfloat16, float32, float64); "
+                        f"got {dtypes.pop()}")
     return layers
 
 

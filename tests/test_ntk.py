@@ -97,6 +97,7 @@ SEQUENTIALS = {
     "nested_output_activation": lambda: nn.Sequential(
         nn.Sequential(nn.Linear(4, 5), nn.Tanh()), nn.Linear(5, 3), nn.Sigmoid()),
     "single_linear": lambda: nn.Sequential(nn.Linear(4, 3)),
+    "bare_linear": lambda: nn.Linear(4, 3),
 }
 
 
@@ -269,8 +270,8 @@ X = torch.randn(3, 4)
     (lambda: fastntk.ntk_diag(NET, X, outputs="mean"), ValueError, "outputs must be one of"),
     (lambda: fastntk.ntk_diag(NET, X[:, :2]), ValueError, "x must have 4 features"),
     (lambda: fastntk.ntk(NET, X.half()), TypeError, "x1 has dtype torch.float16"),
-    (lambda: fastntk.ntk(nn.Linear(4, 2).to(torch.complex64), X.to(torch.complex64)), TypeError,
-     "x1 must be a floating-point tensor.*complex64"),
+    (lambda: fastntk.ntk(nn.Sequential(nn.Linear(4, 2)).to(torch.complex64), X.to(torch.complex64)), TypeError,
+     "model parameters must be real floating point.*complex64"),
     (lambda: fastntk.MLP([4, 0, 2]), ValueError, r"widths\[1\] must be a positive int; got 0"),
     (lambda: fastntk.MLP([4, -3, 2]), ValueError, r"widths\[1\] must be a positive int; got -3"),
     (lambda: fastntk.MLP([4]), ValueError, "widths must list at least"),
