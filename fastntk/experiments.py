@@ -47,7 +47,7 @@ from ._reference import ACTIVATIONS
 
 __all__ = [
     "ICML_SIGMA_W2", "dispersion", "convergence", "convergence_rates", "layer_shares",
-    "plot_dispersion", "plot_convergence", "plot_layer_shares", "save_csv", "phase_of",
+    "plot_dispersion", "plot_convergence", "plot_layer_shares", "save_csv", "load_csv", "phase_of",
     "sphere_inputs",
 ]
 
@@ -78,6 +78,20 @@ def save_csv(rows: list[dict], path: str) -> str:
         for r in rows:
             w.writerow({k: _fmt(r.get(k, "")) for k in keys})
     return path
+
+
+def load_csv(path: str) -> list[dict]:
+    """Read a table written by :func:`save_csv` back (numbers as int/float), e.g. to re-plot."""
+    def conv(v: str):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        return [{k: conv(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def _fmt(v):
@@ -351,7 +365,7 @@ def plot_dispersion(rows: list[dict], path: str, *, title: str | None = None) ->
             yerr = np.nan_to_num(yerr)
             ph = phases[v]
             ax.errorbar(d, y, yerr=yerr, color=colors[v], marker="o", ms=2.5, lw=1.8 if ph == "edge_of_chaos" else 1.2,
-                        capsize=1.5, elinewidth=0.7, label=f"{v:g}")
+                        capsize=1.2, elinewidth=0.6, label=f"{v:g}")
         ax.set_yscale("log")
         _plain_log_ticks(ax)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -44,6 +44,7 @@ def test_dispersion_rows_csv_png(tmp_path):
     csv_path = E.save_csv(rows, str(tmp_path / "d.csv"))
     back = list(csv.DictReader(open(csv_path)))
     assert len(back) == len(rows) and float(back[0]["dispersion"]) == rows[0]["dispersion"]
+    assert E.load_csv(csv_path) == rows
     png = E.plot_dispersion(rows, str(tmp_path / "d.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
