@@ -79,7 +79,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ._reference import ACTIVATIONS, activation_derivative
+from .models import PARAMETRIZATIONS, Activation
 
 __all__ = [
     "ACTIVATIONS", "CLOSED_FORM_ACTIVATIONS", "PARAMETRIZATIONS", "METHODS",
@@ -87,16 +89,10 @@ __all__ = [
     "phase", "eoc_curve",
 ]
 
-#: Activation names, the same as the empirical engine's.
-ACTIVATIONS = (
-    "identity", "relu", "leaky_relu", "tanh", "sigmoid", "gelu", "gelu_tanh",
-    "silu", "softplus", "erf",
-)
 #: Activations with closed-form Gaussian expectations.
 CLOSED_FORM_ACTIVATIONS = ("identity", "relu", "leaky_relu", "erf")
 #: Positively homogeneous activations: E[phi'(sqrt(q) z)^2] does not depend on q > 0.
 _HOMOGENEOUS = ("identity", "relu", "leaky_relu")
-PARAMETRIZATIONS = ("ntk", "standard")
 #: ``"auto"``: closed form where there is one, else quadrature.
 METHODS = ("auto", "closed", "quadrature")
 
@@ -166,54 +162,11 @@ class _Act:
 
     def phi(self, h: torch.Tensor) -> torch.Tensor:
         """phi(h), identical to the torch module of that name."""
-        n = self.name
-        if n == "identity":
-            return h
-        if n == "relu":
-            return torch.relu(h)
-        if n == "leaky_relu":
-            return F.leaky_relu(h, self.negative_slope)
-        if n == "tanh":
-            return torch.tanh(h)
-        if n == "sigmoid":
-            return torch.sigmoid(h)
-        if n == "gelu":
-            return F.gelu(h)
-        if n == "gelu_tanh":
-            return F.gelu(h, approximate="tanh")
-        if n == "silu":
-            return F.silu(h)
-        if n == "softplus":
-            return F.softplus(h, self.beta, self.threshold)
-        return torch.erf(h)
+        return Activation(self.name, self.negative_slope, self.beta, self.threshold)(h)
 
     def dphi(self, h: torch.Tensor) -> torch.Tensor:
         """phi'(h), with autograd's values at the kinks (relu'(0) = 0)."""
-        n = self.name
-        if n == "identity":
-            return torch.ones_like(h)
-        if n == "relu":
-            return (h > 0).to(h.dtype)
-        if n == "leaky_relu":
-            return torch.where(h > 0, torch.ones_like(h), torch.full_like(h, self.negative_slope))
-        if n == "tanh":
-            return 1 - torch.tanh(h) ** 2
-        if n == "sigmoid":
-            s = torch.sigmoid(h)
-            return s * (1 - s)
-        if n == "gelu":
-            return 0.5 * (1 + torch.erf(h / math.sqrt(2))) + h * torch.exp(-0.5 * h * h) / math.sqrt(2 * math.pi)
-        if n == "gelu_tanh":
-            k0, k1 = math.sqrt(2 / math.pi), 0.044715
-            t = torch.tanh(k0 * (h + k1 * h**3))
-            return 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * k0 * (1 + 3 * k1 * h * h)
-        if n == "silu":
-            s = torch.sigmoid(h)
-            return s * (1 + h * (1 - s))
-        if n == "softplus":
-            z = self.beta * h
-            return torch.where(z > self.threshold, torch.ones_like(h), torch.sigmoid(z))
-        return 2 / math.sqrt(math.pi) * torch.exp(-h * h)
+        return activation_derivative(h, self.name, self.negative_slope, self.beta, self.threshold)
 
 
 def _make_act(activation, negative_slope, softplus_beta, softplus_threshold, method) -> tuple[_Act, bool]:
