@@ -43,3 +43,25 @@ cuda-check:
 
 clean:
 	rm -rf build *.egg-info fastntk/_C*.so $(VENV)/.fastntk-built
+
+# Benchmarks (benchmarks/, not collected by `make test`). `bench-setup` builds
+# .venv-nt with neural-tangents for the comparison (optional: `bench` runs
+# without it and the report says so). Results go to bench-results/; the README
+# section is regenerated into benchmarks/README_PERF.md.
+BENCH_OUT ?= bench-results
+BENCH_ARGS ?= --benchmark-min-rounds=5 --benchmark-max-time=0.5 --benchmark-warmup=off
+
+bench-setup:
+	bash scripts/bench_nt_setup.sh
+
+bench: install
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m pytest benchmarks/test_bench_ntk.py -q -p no:cacheprovider $(BENCH_ARGS) \
+	  --benchmark-json=$(BENCH_OUT)/bench.json --benchmark-columns=median,min,rounds
+	$(PY) benchmarks/memory.py --out $(BENCH_OUT)/memory.json
+	$(PY) benchmarks/ab.py --out $(BENCH_OUT)/ab.json
+	@if [ -f .venv-nt/.nt-ready ]; then \
+	  $(PY) benchmarks/nt_export.py --dir $(BENCH_OUT)/nt_inputs && \
+	  .venv-nt/bin/python benchmarks/nt_bench.py --inputs $(BENCH_OUT)/nt_inputs --out $(BENCH_OUT)/nt.json; \
+	else echo "bench: .venv-nt not set up (make bench-setup); neural-tangents skipped"; rm -f $(BENCH_OUT)/nt.json; fi
+	$(PY) benchmarks/report.py --dir $(BENCH_OUT)

@@ -50,6 +50,14 @@ class Workload:
     def jacobian_bytes(self) -> int:
         return self.n * self.k * self.n_params * 4
 
+    @property
+    def ntkvp_bytes(self) -> int:
+        """The tutorial's NTK-vector products vmap a vjp over x1 and a jvp over
+        x2: its largest batched tangent is one layer's weights per (x1, x2)
+        pair and output, N^2 K max(n_{l-1} n_l) floats."""
+        w = self.widths
+        return self.n * self.n * self.k * max(a * b for a, b in zip(w[:-1], w[1:])) * 4
+
 
 WORKLOADS = {
     "S": Workload("S", 3, 512, 1, 128, ("full",), "small"),
@@ -163,6 +171,9 @@ def skip_reason(w: Workload, method: str) -> str | None:
     """Why a method does not run on a workload (None: it runs)."""
     if method.startswith("torchfunc") and w.jacobian_bytes > JACOBIAN_LIMIT_BYTES:
         return (f"Jacobian N*K*P*4 = {w.jacobian_bytes / 1e9:.1f} GB > "
+                f"{JACOBIAN_LIMIT_BYTES / 1e9:.0f} GB limit (would run out of the 24 GB here)")
+    if method.startswith("torchfunc_ntkvp") and w.ntkvp_bytes > JACOBIAN_LIMIT_BYTES:
+        return (f"batched tangents N^2*K*max(n_l n_l-1)*4 = {w.ntkvp_bytes / 1e9:.1f} GB > "
                 f"{JACOBIAN_LIMIT_BYTES / 1e9:.0f} GB limit (would run out of the 24 GB here)")
     return None
 
