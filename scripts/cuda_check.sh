@@ -12,7 +12,7 @@
 # fastntk/_C*.so is never touched.
 #
 # Settings: TORCH_VERSION (2.14.1, a CUDA 13.0 build matching nvcc 13.0),
-# CUDA_HOME (/usr/local/cuda), TORCH_CUDA_ARCH_LIST (9.0), MAX_JOBS (2),
+# CUDA_HOME (/usr/local/cuda), TORCH_CUDA_ARCH_LIST (8.0;9.0: A100 and H100), MAX_JOBS (2),
 # FASTNTK_CACHE (~/.cache/fastntk), PYTHON (python3, to create the venv).
 set -euo pipefail
 
@@ -23,7 +23,7 @@ BUILD=$CACHE/cuda-build
 SRC=$BUILD/src
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
 export MAX_JOBS=${MAX_JOBS:-2}
 export FORCE_CUDA=1
 
