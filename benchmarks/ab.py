@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench-results/ab.json")
     ap.add_argument("--workloads", default="S,M,W,D")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--budget", type=float, default=12.0, help="seconds per (workload, mode)")
+    ap.add_argument("--budget", type=float, default=6.0, help="seconds per (workload, mode)")
     ap.add_argument("--min-rounds", type=int, default=5)
     ap.add_argument("--max-rounds", type=int, default=60)
     args = ap.parse_args(argv)

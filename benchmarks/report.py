@@ -263,6 +263,18 @@ def machine_line(data) -> str:
             f"measured float32 GEMM rate {data['gemm_gflops']:.0f} GFLOP/s; {m['date']}")
 
 
+def _scaling_sentence(data) -> str:
+    sc = _load(os.path.join(data.get("dir", "bench-results"), "scaling.json"))
+    if not sc:
+        return ""
+    fw, fn = sc["sweeps"]["width"]["fits"], sc["sweeps"]["N"]["fits"]
+    return (f"; 3 hidden layers, K = 1: time ~ width^{fw['time']:.2f} at N = {sc['fixed_n']} (FLOP model "
+            f"{fw['time_model']:.2f} over the same widths, tending to 2), time ~ N^{fn['time']:.2f} at width "
+            f"{sc['fixed_width']} (FLOP model {fn['time_model']:.2f}, tending to 2 as the Grams take over), "
+            f"memory ~ width^{fw['memory']:.2f} (theory 1) and N^{fn['memory']:.2f} (between 1 and 2: "
+            f"activations ~ N, output ~ N^2)")
+
+
 def render(data) -> tuple[str, str]:
     ts = targets(data)
     data["targets"] = ts
@@ -300,8 +312,8 @@ def render(data) -> tuple[str, str]:
               "the method's Jacobian (or batched tangents) would not fit in the 24 GB of this machine, so it was "
               "skipped. The FLOP floor is the layerwise method's FLOP count at the machine's measured float32 "
               "GEMM rate.", ""] + summary_table(data) + [
-              "", "Scaling with width and with N: `python benchmarks/scaling.py` (log-log plot, fitted exponents):",
-              "", "![scaling](docs/scaling.png)", ""]
+              "", "Scaling with width and with N: `python benchmarks/scaling.py` (log-log plot, fitted exponents"
+              + _scaling_sentence(data) + "):", "", "![scaling](docs/scaling.png)", ""]
     return "\n".join(md) + "\n", "\n".join(readme) + "\n"
 
 
@@ -311,6 +323,7 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", default=os.path.join(HERE, "README_PERF.md"))
     args = ap.parse_args(argv)
     data = collect(args.dir)
+    data["dir"] = args.dir
     md, readme = render(data)
     with open(os.path.join(args.dir, "report.md"), "w") as f:
         f.write(md)

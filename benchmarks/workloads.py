@@ -75,7 +75,7 @@ TORCHFUNC = ("torchfunc_jac", "torchfunc_ntkvp")
 
 def methods_for(w: Workload) -> list[str]:
     if w.name == "L":
-        return ["fastntk_full", "plain_full", "torchfunc_jac", "torchfunc_ntkvp"]
+        return ["fastntk_full", "plain_full", "torchfunc_jac_full", "torchfunc_ntkvp_full"]
     out = []
     for mode in FASTNTK_MODES:
         out += [f"fastntk_{mode}", f"plain_{mode}"]
