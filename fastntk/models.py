@@ -120,13 +120,11 @@ class DenseLayer:
         return self.weight.shape[0]
 
     def pre_activation(self, a: torch.Tensor) -> torch.Tensor:
-        """h = scale * a @ weight^T + bias_scale * bias, (N, n_out)."""
-        h = a @ self.weight.T
-        if self.scale != 1.0:
-            h = h * self.scale
-        if self.bias is not None:
-            h = h + (self.bias_scale * self.bias if self.bias_scale != 1.0 else self.bias)
-        return h
+        """h = scale * a @ weight^T + bias_scale * bias, (N, n_out), in one GEMM call."""
+        if self.bias is None:
+            h = a @ self.weight.T
+            return h.mul_(self.scale) if self.scale != 1.0 else h
+        return torch.addmm(self.bias, a, self.weight.T, beta=self.bias_scale, alpha=self.scale)
 
 
 class MLP(nn.Module):

@@ -30,18 +30,21 @@ at::Tensor backprop_delta_cpu(const at::Tensor& delta_next,
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "backprop_delta_cpu", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t* hp = hc.data_ptr<scalar_t>();
+    const scalar_t s = static_cast<scalar_t>(scale);
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k_out * n));
-    at::parallel_for(0, n_samples, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> factor(n);
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* hrow = hp + i * n;
-        for (int64_t j = 0; j < n; ++j)
-          factor[j] = static_cast<scalar_t>(scale) *
-                      activation_derivative<scalar_t>(act, hrow[j], params);
-        scalar_t* orow = o + i * k_out * n;
-        for (int64_t k = 0; k < k_out; ++k, orow += n)
-          for (int64_t j = 0; j < n; ++j) orow[j] *= factor[j];
-      }
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation kAct = decltype(tag)::value;
+      at::parallel_for(0, n_samples, grain, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> factor(n);
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t* hrow = hp + i * n;
+          for (int64_t j = 0; j < n; ++j)
+            factor[j] = s * activation_derivative<scalar_t>(kAct, hrow[j], params);
+          scalar_t* orow = o + i * k_out * n;
+          for (int64_t k = 0; k < k_out; ++k, orow += n)
+            for (int64_t j = 0; j < n; ++j) orow[j] *= factor[j];
+        }
+      });
     });
   });
   return out;

@@ -25,48 +25,64 @@ struct Block {
   int64_t mirror0;     // columns >= mirror0 are also written transposed
 };
 
-template <typename scalar_t>
-void accumulate_block(OutputMode mode, scalar_t* out, const scalar_t* gram,
-                      const scalar_t* dgram, const Block& b, int64_t n2,
-                      int64_t k_out, scalar_t weight_scale, scalar_t bias_scale) {
-  const int64_t kk2 = k_out * k_out;
-  const int64_t per_out = mode == OutputMode::kFull ? kk2 : mode == OutputMode::kPerOutput ? k_out : 1;
+// Adds s * dgram for one (i, j) pair into out[i, j] (and, transposed over the
+// output axes, into out[j, i] when kMirror). One instantiation per mode so the
+// inner loops carry no branches.
+template <OutputMode kMode, bool kMirror, typename scalar_t>
+inline void accumulate_pair(scalar_t* o, scalar_t* om, const scalar_t* dgram, scalar_t s,
+                            int64_t i, int64_t c, const Block& b, int64_t k_out) {
+  if constexpr (kMode == OutputMode::kTrace) {
+    const scalar_t v = s * dgram[i * b.cols + c];
+    o[0] += v;
+    if constexpr (kMirror) om[0] += v;
+  } else if constexpr (kMode == OutputMode::kPerOutput) {
+    // dgram: (K, rows, cols)
+    for (int64_t k = 0; k < k_out; ++k) {
+      const scalar_t v = s * dgram[(k * b.rows + i) * b.cols + c];
+      o[k] += v;
+      if constexpr (kMirror) om[k] += v;
+    }
+  } else {
+    // dgram: (rows * K, cols * K)
+    for (int64_t k = 0; k < k_out; ++k) {
+      const scalar_t* dg = dgram + (i * k_out + k) * (b.cols * k_out) + c * k_out;
+      for (int64_t kk = 0; kk < k_out; ++kk) o[k * k_out + kk] += s * dg[kk];
+      if constexpr (kMirror)
+        for (int64_t kk = 0; kk < k_out; ++kk) om[kk * k_out + k] += s * dg[kk];
+    }
+  }
+}
+
+template <OutputMode kMode, typename scalar_t>
+void accumulate_block(scalar_t* out, const scalar_t* gram, const scalar_t* dgram,
+                      const Block& b, int64_t n2, int64_t k_out,
+                      scalar_t weight_scale, scalar_t bias_scale) {
+  const int64_t per_out = kMode == OutputMode::kFull ? k_out * k_out
+                          : kMode == OutputMode::kPerOutput ? k_out : 1;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, b.cols * per_out));
+  const int64_t direct_cols = std::min(b.cols, b.mirror0 - b.col0);
   at::parallel_for(0, b.rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t gi = b.row0 + i;
-      for (int64_t c = 0; c < b.cols; ++c) {
-        const int64_t j = b.col0 + c;
-        const bool mirror = j >= b.mirror0;
-        const scalar_t s =
-            bias_scale + (gram ? weight_scale * gram[i * b.cols + c] : scalar_t(0));
-        scalar_t* o = out + (gi * n2 + j) * per_out;
-        scalar_t* om = out + (j * n2 + gi) * per_out;
-        switch (mode) {
-          case OutputMode::kTrace: {
-            const scalar_t v = s * dgram[i * b.cols + c];
-            o[0] += v;
-            if (mirror) om[0] += v;
-            break;
-          }
-          case OutputMode::kPerOutput:
-            // dgram: (K, rows, cols)
-            for (int64_t k = 0; k < k_out; ++k) {
-              const scalar_t v = s * dgram[(k * b.rows + i) * b.cols + c];
-              o[k] += v;
-              if (mirror) om[k] += v;
-            }
-            break;
-          case OutputMode::kFull:
-            // dgram: (rows * K, cols * K)
-            for (int64_t k = 0; k < k_out; ++k) {
-              const scalar_t* dg = dgram + (i * k_out + k) * (b.cols * k_out) + c * k_out;
-              for (int64_t kk = 0; kk < k_out; ++kk) o[k * k_out + kk] += s * dg[kk];
-              if (mirror)
-                for (int64_t kk = 0; kk < k_out; ++kk) om[kk * k_out + k] += s * dg[kk];
-            }
-            break;
+      scalar_t* orow = out + gi * n2 * per_out;
+      const scalar_t* grow = gram ? gram + i * b.cols : nullptr;
+      if (kMode == OutputMode::kTrace && grow) {
+        // The common K = 1 / trace case as one vectorisable loop.
+        const scalar_t* drow = dgram + i * b.cols;
+        scalar_t* o = orow + b.col0;
+        for (int64_t c = 0; c < direct_cols; ++c)
+          o[c] += (bias_scale + weight_scale * grow[c]) * drow[c];
+      } else {
+        for (int64_t c = 0; c < direct_cols; ++c) {
+          const scalar_t s = bias_scale + (grow ? weight_scale * grow[c] : scalar_t(0));
+          accumulate_pair<kMode, false>(orow + (b.col0 + c) * per_out, static_cast<scalar_t*>(nullptr), dgram, s, i, c, b, k_out);
         }
+      }
+      for (int64_t c = direct_cols; c < b.cols; ++c) {
+        const int64_t j = b.col0 + c;
+        const scalar_t s = bias_scale + (grow ? weight_scale * grow[c] : scalar_t(0));
+        accumulate_pair<kMode, true>(orow + j * per_out, out + (j * n2 + gi) * per_out, dgram, s, i, c,
+                                     b, k_out);
       }
     }
   });
@@ -99,7 +115,8 @@ void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
                                 : mode == OutputMode::kPerOutput ? k_out : 1);
   int64_t block = std::max<int64_t>(1, kBlockElements / std::max<int64_t>(1, per_row));
   // Smaller blocks skip more of the lower triangle; keep the GEMMs reasonably tall.
-  if (symmetric) block = std::min(block, std::max<int64_t>(64, (n1 + 7) / 8));
+  // Below 128 rows the extra GEMM calls cost more than the triangle saves.
+  if (symmetric) block = std::min(block, std::max<int64_t>(128, (n1 + 7) / 8));
 
   for (int64_t row0 = 0; row0 < n1; row0 += block) {
     Block b;
@@ -127,11 +144,18 @@ void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
     }
     dgram = dgram.contiguous();
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {
-      accumulate_block<scalar_t>(
-          mode, out.data_ptr<scalar_t>(),
-          gram.defined() ? gram.data_ptr<scalar_t>() : nullptr,
-          dgram.data_ptr<scalar_t>(), b, n2, k_out,
-          static_cast<scalar_t>(weight_scale), static_cast<scalar_t>(bias_scale));
+      scalar_t* o = out.data_ptr<scalar_t>();
+      const scalar_t* g = gram.defined() ? gram.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* dg = dgram.data_ptr<scalar_t>();
+      const auto ws = static_cast<scalar_t>(weight_scale), bs = static_cast<scalar_t>(bias_scale);
+      switch (mode) {
+        case OutputMode::kFull:
+          accumulate_block<OutputMode::kFull>(o, g, dg, b, n2, k_out, ws, bs); break;
+        case OutputMode::kTrace:
+          accumulate_block<OutputMode::kTrace>(o, g, dg, b, n2, k_out, ws, bs); break;
+        case OutputMode::kPerOutput:
+          accumulate_block<OutputMode::kPerOutput>(o, g, dg, b, n2, k_out, ws, bs); break;
+      }
     });
   }
 }
