@@ -31,15 +31,16 @@ at::Tensor backprop_delta_cpu(const at::Tensor& delta_next,
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t* hp = hc.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(scale);
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k_out * n));
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, k_out * n));
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation kAct = decltype(tag)::value;
       at::parallel_for(0, n_samples, grain, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> factor(n);
         for (int64_t i = begin; i < end; ++i) {
           const scalar_t* hrow = hp + i * n;
+          scalar_t* f = factor.data();
           for (int64_t j = 0; j < n; ++j)
-            factor[j] = s * activation_derivative<scalar_t>(kAct, hrow[j], params);
+            f[j] = s * activation_derivative<kAct>(hrow[j], params);
           scalar_t* orow = o + i * k_out * n;
           for (int64_t k = 0; k < k_out; ++k, orow += n)
             for (int64_t j = 0; j < n; ++j) orow[j] *= factor[j];
