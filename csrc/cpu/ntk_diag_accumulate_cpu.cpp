@@ -1,6 +1,7 @@
 // CPU ntk_diag_accumulate: out[i] += (weight_scale |a_i|^2 + bias_scale) *
 // <d_ik, d_ik'> for every sample i, never forming an N x N matrix. Linear in N;
-// dot products accumulate in double.
+// dot products accumulate in double (the full K x K block, for K > 1, is a
+// batched GEMM).
 #include <ATen/Parallel.h>
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
@@ -18,6 +19,10 @@ void ntk_diag_accumulate_cpu(at::Tensor out, const at::Tensor& a,
   const int64_t n_samples = a.size(0), p = a.size(1), k_out = d.size(1), n = d.size(2);
   if (out.numel() == 0) return;
   const at::Tensor ac = a.contiguous(), dc = d.contiguous();
+  // For the full K x K block a batched GEMM beats K^2 scalar dot products.
+  const at::Tensor kgram = mode == OutputMode::kFull && k_out > 1
+                               ? at::bmm(dc, dc.transpose(1, 2)).contiguous()  // (N, K, K)
+                               : at::Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_diag_accumulate_cpu", [&] {
     using acc_t = double;
@@ -52,6 +57,11 @@ void ntk_diag_accumulate_cpu(at::Tensor out, const at::Tensor& a,
             break;
           case OutputMode::kFull: {
             scalar_t* oi = o + i * k_out * k_out;
+            if (kgram.defined()) {
+              const scalar_t* gi = kgram.data_ptr<scalar_t>() + i * k_out * k_out;
+              for (int64_t e = 0; e < k_out * k_out; ++e) oi[e] += static_cast<scalar_t>(s * gi[e]);
+              break;
+            }
             for (int64_t k = 0; k < k_out; ++k)
               for (int64_t kk = k; kk < k_out; ++kk) {
                 const scalar_t v = static_cast<scalar_t>(s * dot(k, kk));
