@@ -230,6 +230,16 @@ inline void check_ntk_accumulate(const at::Tensor& out, const at::Tensor& a1,
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
 }
 
+// The optional second output of ntk_accumulate: like out in every respect.
+inline void check_bias_out(const at::Tensor& out, const at::Tensor& bias_out) {
+  TORCH_CHECK(bias_out.sizes() == out.sizes(), "bias_out must have the shape of out ",
+              shape_str(out), ", got shape ", shape_str(bias_out));
+  FASTNTK_CHECK_SAME_DTYPE(out, bias_out);
+  FASTNTK_CHECK_SAME_DEVICE(out, bias_out);
+  TORCH_CHECK(bias_out.is_contiguous(), "bias_out must be contiguous");
+  TORCH_CHECK(!bias_out.is_same(out), "bias_out must be a different tensor from out");
+}
+
 // The expected shape of the per-sample diagonal for N inputs and K outputs.
 inline std::vector<int64_t> diag_out_shape(OutputMode mode, int64_t n,
                                            int64_t k) {

@@ -14,7 +14,8 @@ const char* const kSchemas[] = {
     "str activation, float negative_slope=0.01, float beta=1., "
     "float threshold=20.) -> Tensor",
     "ntk_accumulate(Tensor(a!) out, Tensor a1, Tensor a2, Tensor d1, "
-    "Tensor d2, float weight_scale, float bias_scale, str outputs) -> ()",
+    "Tensor d2, float weight_scale, float bias_scale, str outputs, "
+    "Tensor(b!)? bias_out=None) -> ()",
     "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
     "float weight_scale, float bias_scale, str outputs) -> ()",
 };

@@ -32,7 +32,8 @@ SCHEMAS = {
     ),
     "ntk_accumulate": (
         "ntk_accumulate(Tensor(a!) out, Tensor a1, Tensor a2, Tensor d1, "
-        "Tensor d2, float weight_scale, float bias_scale, str outputs) -> ()"
+        "Tensor d2, float weight_scale, float bias_scale, str outputs, "
+        "Tensor(b!)? bias_out=None) -> ()"
     ),
     "ntk_diag_accumulate": (
         "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
@@ -144,6 +145,7 @@ def backprop_delta(
 def ntk_accumulate(
     out: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, d1: torch.Tensor,
     d2: torch.Tensor, weight_scale: float, bias_scale: float, outputs: str,
+    bias_out: torch.Tensor | None = None,
 ) -> None:
     """Add one layer's NTK contribution to ``out`` in place.
 
@@ -157,9 +159,11 @@ def ntk_accumulate(
     a1, a2 : (N1, p), (N2, p) the layer's input activations a^{l-1}.
     d1, d2 : (N1, K, n), (N2, K, n) the layer's signals delta^l.
     weight_scale, bias_scale : c_l^2 and beta_l^2 (0 drops that term).
+    bias_out : optional, shaped like out: then out gets only the weight term
+        and bias_out the bias term, from one delta Gram (layerwise mode).
     """
     _refuse_grad("ntk_accumulate", out=out, a1=a1, a2=a2, d1=d1, d2=d2)
-    torch.ops.fastntk.ntk_accumulate.default(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs)
+    torch.ops.fastntk.ntk_accumulate.default(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs, bias_out)
 
 
 def ntk_diag_accumulate(
@@ -208,7 +212,10 @@ def _backprop_delta_fake(delta_next, weight, h, scale, activation,
 
 
 @torch.library.register_fake("fastntk::ntk_accumulate")
-def _ntk_accumulate_fake(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs):
+def _ntk_accumulate_fake(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs, bias_out=None):
+    if bias_out is not None:
+        _fake_check(bias_out.shape == out.shape, f"bias_out must have the shape of out {tuple(out.shape)}, "
+                                                 f"got shape {tuple(bias_out.shape)}")
     expected = _out_shape(outputs, a1.shape[0], a2.shape[0], d1.shape[1])
     _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got shape {tuple(out.shape)}")
     _fake_check(a2.shape[1] == a1.shape[1], "a2.size(1) must equal a1.size(1)")

@@ -85,16 +85,22 @@ def _scaled_gram(a1, a2, weight_scale, bias_scale):
 def ntk_accumulate(
     out: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, d1: torch.Tensor,
     d2: torch.Tensor, weight_scale: float, bias_scale: float, outputs: str,
+    bias_out: torch.Tensor | None = None,
 ) -> None:
-    """out += (weight_scale a1 a2^T + bias_scale) (.) <d1, d2>, broadcast per mode."""
+    """out += (weight_scale a1 a2^T + bias_scale) (.) <d1, d2>, broadcast per mode;
+    with ``bias_out``, the weight term goes to out and the bias term to bias_out."""
     _check_choice("outputs", outputs, OUTPUT_MODES)
-    gram = _scaled_gram(a1, a2, weight_scale, bias_scale)
-    if outputs == "full":
-        out += gram[:, :, None, None] * torch.einsum("ikn,jln->ijkl", d1, d2)
-    elif outputs == "trace":
-        out += gram * torch.einsum("ikn,jkn->ij", d1, d2)
+    dgram = {
+        "full": lambda: torch.einsum("ikn,jln->ijkl", d1, d2),
+        "trace": lambda: torch.einsum("ikn,jkn->ij", d1, d2),
+        "per_output": lambda: torch.einsum("ikn,jkn->ijk", d1, d2),
+    }[outputs]()
+    extra = (None,) * (dgram.dim() - 2)
+    if bias_out is None:
+        out += _scaled_gram(a1, a2, weight_scale, bias_scale)[(..., *extra)] * dgram
     else:
-        out += gram[:, :, None] * torch.einsum("ikn,jkn->ijk", d1, d2)
+        out += _scaled_gram(a1, a2, weight_scale, 0.0)[(..., *extra)] * dgram
+        bias_out += bias_scale * dgram
 
 
 def ntk_diag_accumulate(

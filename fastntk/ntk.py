@@ -29,6 +29,7 @@ indexed ``[i, j, k, k']``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import enum
 import sys
@@ -191,11 +192,16 @@ def _progress(pairs, layers: list[DenseLayer], n_pairs: int, outputs: str, show:
     return tqdm(pairs, total=len(layers), desc="fastntk.ntk layers", unit="layer")
 
 
-def _accumulate(accumulate, out: torch.Tensor, layer: DenseLayer, layerwise: bool, l: int, *tensors):
-    """Add layer l's weight and bias terms, into out[l, 0] and out[l, 1] when layerwise."""
+def _accumulate(accumulate, out: torch.Tensor, layer: DenseLayer, layerwise: bool, l: int, *tensors,
+                split_bias: bool = False):
+    """Add layer l's weight and bias terms, into out[l, 0] and out[l, 1] when
+    layerwise (in one call when ``accumulate`` takes ``bias_out``: split_bias)."""
     weight_scale, bias_scale = layer.scale ** 2, layer.bias_scale ** 2
     if not layerwise:
         accumulate(out, *tensors, weight_scale, bias_scale)
+        return
+    if bias_scale != 0.0 and split_bias:  # one delta Gram serves both terms
+        accumulate(out[l, 0], *tensors, weight_scale, bias_scale, bias_out=out[l, 1])
         return
     accumulate(out[l, 0], *tensors, weight_scale, 0.0)
     if bias_scale != 0.0:
@@ -269,9 +275,9 @@ def ntk(
             (l, a1, a2, d1, d2)
             for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, _forward(layers, x2)))
         )
-        accumulate = lambda o, a1, a2, d1, d2, ws, bs: _ops.ntk_accumulate(o, a1, a2, d1, d2, ws, bs, outputs)
+        accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
         for l, a1, a2, d1, d2 in _progress(pairs, layers, n1 * n2, outputs, progress):
-            _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2)
+            _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
     return out
 
 
@@ -309,7 +315,7 @@ def ntk_diag(
         shape = (len(layers), 2) + shape
     with torch.no_grad():
         out = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        accumulate = lambda o, a, d, ws, bs: _ops.ntk_diag_accumulate(o, a, d, ws, bs, outputs)
+        accumulate = functools.partial(_ops.ntk_diag_accumulate, outputs=outputs)
         for l, a, d in _layer_signals(layers, x, _forward(layers, x)):
             _accumulate(accumulate, out, layers[l], layerwise, l, a, d)
     return out

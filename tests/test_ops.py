@@ -159,6 +159,35 @@ class TestNtkAccumulate:
         _reference.ntk_accumulate(ref, a, a, d.clone(), d.clone(), 0.7, 0.2, outputs)
         assert rel_err(got, ref) <= 1e-12
 
+    @pytest.mark.parametrize("symmetric", [False, True])
+    def test_bias_out_split(self, device, symmetric):
+        """With bias_out the weight and bias terms land in separate outputs,
+        each equal to the reference with the other scale set to 0."""
+        for outputs in OUTPUTS:
+            n1, n2, k = (150, 150, 2) if symmetric else (7, 5, 3)
+            a1 = rand(n1, 4, device=device, dtype=torch.float64)
+            d1 = rand(n1, k, 6, device=device, dtype=torch.float64)
+            a2, d2 = (a1, d1) if symmetric else (rand(n2, 4, device=device, dtype=torch.float64),
+                                                 rand(n2, k, 6, device=device, dtype=torch.float64))
+            w_out = rand(*out_shape(outputs, n1, n2, k), device=device, dtype=torch.float64)
+            b_out = rand(*out_shape(outputs, n1, n2, k), device=device, dtype=torch.float64)
+            w_ref, b_ref = w_out.clone(), b_out.clone()
+            _ops.ntk_accumulate(w_out, a1, a2, d1, d2, 0.7, 0.3, outputs, bias_out=b_out)
+            _reference.ntk_accumulate(w_ref, a1, a2.clone(), d1, d2.clone(), 0.7, 0.0, outputs)
+            _reference.ntk_accumulate(b_ref, a1, a2.clone(), d1, d2.clone(), 0.0, 0.3, outputs)
+            assert rel_err(w_out, w_ref) <= 1e-12, outputs
+            assert rel_err(b_out, b_ref) <= 1e-12, outputs
+
+    def test_bias_out_opcheck_and_errors(self, device):
+        for args in list(self.sample_inputs(device, torch.float64))[::5]:
+            torch.library.opcheck(torch.ops.fastntk.ntk_accumulate.default, args + (args[0].clone(),))
+        z = lambda *s: torch.zeros(*s, device=device)
+        with pytest.raises(RuntimeError, match=r"bias_out must have the shape of out \(2, 3\), got shape \(3, 2\)"):
+            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", z(3, 2))
+        out = z(2, 3)
+        with pytest.raises(RuntimeError, match="bias_out must be a different tensor from out"):
+            torch.ops.fastntk.ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", out)
+
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
             torch.library.opcheck(torch.ops.fastntk.ntk_accumulate.default, args)
@@ -172,6 +201,19 @@ class TestNtkAccumulate:
         ref = torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device)
         _reference.ntk_accumulate(ref, a, a, d, d, 0.5, 0.1, "full")
         torch.testing.assert_close(cf(torch.zeros_like(ref), a, d), ref)
+
+    def test_compile_bias_out(self, device):
+        def f(out, bias_out, a, d):
+            _ops.ntk_accumulate(out, a, a, d, d, 0.5, 0.1, "per_output", bias_out=bias_out)
+            return out, bias_out
+        cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+        a, d = rand(3, 4, device=device, dtype=torch.float64), rand(3, 2, 5, device=device, dtype=torch.float64)
+        w_ref = torch.zeros(3, 3, 2, dtype=torch.float64, device=device)
+        b_ref = torch.zeros_like(w_ref)
+        _reference.ntk_accumulate(w_ref, a, a, d, d, 0.5, 0.1, "per_output", bias_out=b_ref)
+        w, b = cf(torch.zeros_like(w_ref), torch.zeros_like(w_ref), a, d)
+        torch.testing.assert_close(w, w_ref)
+        torch.testing.assert_close(b, b_ref)
 
     @pytest.mark.parametrize("outputs,shape,match", [
         ("full", (2, 3, 2), r"out must have shape \[2, 3, 2, 2\] for this outputs mode, got shape \(2, 3, 2\)"),

@@ -9,6 +9,7 @@
 // and mirrors what lies right of the block into the lower triangle, which
 // roughly halves the GEMM and epilogue work.
 #include <ATen/Parallel.h>
+#include <optional>
 #include <torch/library.h>
 
 #include "../ntk_common.h"
@@ -53,9 +54,12 @@ inline void accumulate_pair(scalar_t* o, scalar_t* om, const scalar_t* dgram, sc
   }
 }
 
+// out += (weight_scale * gram + bias_scale) (.) dgram over one block; with
+// bias_out, the two terms go to out and bias_out separately (the layerwise
+// split) from the same delta Gram.
 template <OutputMode kMode, typename scalar_t>
-void accumulate_block(scalar_t* out, const scalar_t* gram, const scalar_t* dgram,
-                      const Block& b, int64_t n2, int64_t k_out,
+void accumulate_block(scalar_t* out, scalar_t* bias_out, const scalar_t* gram,
+                      const scalar_t* dgram, const Block& b, int64_t n2, int64_t k_out,
                       scalar_t weight_scale, scalar_t bias_scale) {
   const int64_t per_out = kMode == OutputMode::kFull ? k_out * k_out
                           : kMode == OutputMode::kPerOutput ? k_out : 1;
@@ -66,6 +70,23 @@ void accumulate_block(scalar_t* out, const scalar_t* gram, const scalar_t* dgram
       const int64_t gi = b.row0 + i;
       scalar_t* orow = out + gi * n2 * per_out;
       const scalar_t* grow = gram ? gram + i * b.cols : nullptr;
+      if (bias_out) {
+        // Layerwise split: weight term into out, bias term into bias_out.
+        scalar_t* brow = bias_out + gi * n2 * per_out;
+        for (int64_t c = 0; c < b.cols; ++c) {
+          const int64_t j = b.col0 + c;
+          const scalar_t sw = grow ? weight_scale * grow[c] : scalar_t(0);
+          if (c < direct_cols) {
+            accumulate_pair<kMode, false>(orow + j * per_out, static_cast<scalar_t*>(nullptr), dgram, sw, i, c, b, k_out);
+            accumulate_pair<kMode, false>(brow + j * per_out, static_cast<scalar_t*>(nullptr), dgram, bias_scale, i, c, b, k_out);
+          } else {
+            accumulate_pair<kMode, true>(orow + j * per_out, out + (j * n2 + gi) * per_out, dgram, sw, i, c, b, k_out);
+            accumulate_pair<kMode, true>(brow + j * per_out, bias_out + (j * n2 + gi) * per_out, dgram, bias_scale,
+                                         i, c, b, k_out);
+          }
+        }
+        continue;
+      }
       if (kMode == OutputMode::kTrace && grow) {
         // The common K = 1 / trace case as one vectorisable loop.
         const scalar_t* drow = dgram + i * b.cols;
@@ -93,9 +114,11 @@ void accumulate_block(scalar_t* out, const scalar_t* gram, const scalar_t* dgram
 void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
                         const at::Tensor& a2, const at::Tensor& d1,
                         const at::Tensor& d2, double weight_scale,
-                        double bias_scale, c10::string_view outputs) {
+                        double bias_scale, c10::string_view outputs,
+                        const std::optional<at::Tensor>& bias_out) {
   const OutputMode mode = parse_outputs(outputs);
   check_ntk_accumulate(out, a1, a2, d1, d2, mode);
+  if (bias_out) check_bias_out(out, *bias_out);
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
   const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1), n = d1.size(2);
   if (out.numel() == 0) return;
@@ -145,16 +168,17 @@ void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
     dgram = dgram.contiguous();
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {
       scalar_t* o = out.data_ptr<scalar_t>();
+      scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
       const scalar_t* g = gram.defined() ? gram.data_ptr<scalar_t>() : nullptr;
       const scalar_t* dg = dgram.data_ptr<scalar_t>();
       const auto ws = static_cast<scalar_t>(weight_scale), bs = static_cast<scalar_t>(bias_scale);
       switch (mode) {
         case OutputMode::kFull:
-          accumulate_block<OutputMode::kFull>(o, g, dg, b, n2, k_out, ws, bs); break;
+          accumulate_block<OutputMode::kFull>(o, ob, g, dg, b, n2, k_out, ws, bs); break;
         case OutputMode::kTrace:
-          accumulate_block<OutputMode::kTrace>(o, g, dg, b, n2, k_out, ws, bs); break;
+          accumulate_block<OutputMode::kTrace>(o, ob, g, dg, b, n2, k_out, ws, bs); break;
         case OutputMode::kPerOutput:
-          accumulate_block<OutputMode::kPerOutput>(o, g, dg, b, n2, k_out, ws, bs); break;
+          accumulate_block<OutputMode::kPerOutput>(o, ob, g, dg, b, n2, k_out, ws, bs); break;
       }
     });
   }

@@ -13,6 +13,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "../ntk_common.h"
 #include "launch.cuh"
 
@@ -27,6 +29,7 @@ constexpr int64_t kBlockElements = int64_t(1) << 26;
 //   dgram: trace (rows, N2); per_output (K, rows, N2); full (rows K, N2 K)
 template <typename scalar_t>
 __global__ void ntk_accumulate_kernel(OutputMode mode, scalar_t* __restrict__ out,
+                                      scalar_t* __restrict__ bias_out,
                                       const scalar_t* __restrict__ gram,
                                       const scalar_t* __restrict__ dgram,
                                       int64_t rows, int64_t n2, int64_t k_out,
@@ -39,7 +42,7 @@ __global__ void ntk_accumulate_kernel(OutputMode mode, scalar_t* __restrict__ ou
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        idx < total; idx += stride) {
     const int64_t ij = idx / per_out, e = idx - ij * per_out;  // ij = i * N2 + j
-    const scalar_t s = bias_scale + (gram ? weight_scale * gram[ij] : scalar_t(0));
+    const scalar_t sw = gram ? weight_scale * gram[ij] : scalar_t(0);
     scalar_t d;
     switch (mode) {
       case OutputMode::kTrace:
@@ -55,7 +58,12 @@ __global__ void ntk_accumulate_kernel(OutputMode mode, scalar_t* __restrict__ ou
         break;
       }
     }
-    out[idx] += s * d;
+    if (bias_out) {  // layerwise split: the two terms into separate outputs
+      out[idx] += sw * d;
+      bias_out[idx] += bias_scale * d;
+    } else {
+      out[idx] += (sw + bias_scale) * d;
+    }
   }
 }
 
@@ -64,9 +72,11 @@ __global__ void ntk_accumulate_kernel(OutputMode mode, scalar_t* __restrict__ ou
 void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1,
                          const at::Tensor& a2, const at::Tensor& d1,
                          const at::Tensor& d2, double weight_scale,
-                         double bias_scale, c10::string_view outputs) {
+                         double bias_scale, c10::string_view outputs,
+                         const std::optional<at::Tensor>& bias_out) {
   const OutputMode mode = parse_outputs(outputs);
   check_ntk_accumulate(out, a1, a2, d1, d2, mode);
+  if (bias_out) check_bias_out(out, *bias_out);
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
   const c10::cuda::CUDAGuard device_guard(out.device());
   const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1), n = d1.size(2);
@@ -114,6 +124,7 @@ void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1,
       ntk_accumulate_kernel<scalar_t>
           <<<cuda::grid_size(rows * n2 * per_out), cuda::kThreads, 0, stream>>>(
               mode, out.data_ptr<scalar_t>() + row0 * n2 * per_out,
+              bias_out ? bias_out->data_ptr<scalar_t>() + row0 * n2 * per_out : nullptr,
               with_gram ? gram.data_ptr<scalar_t>() : nullptr,
               dgram.data_ptr<scalar_t>(), rows, n2, k_out,
               static_cast<scalar_t>(weight_scale), static_cast<scalar_t>(bias_scale));
