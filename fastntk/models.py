@@ -99,7 +99,8 @@ class DenseLayer:
 
     Attributes
     ----------
-    weight : (n_out, n_in) tensor, detached (shares the model's storage).
+    weight : (n_out, n_in) tensor (detached, sharing the model's storage, when
+        made by :func:`parse_model`).
     bias : (n_out,) tensor or None.
     scale : c_l; bias_scale : beta_l (0 when there is no bias).
     activation : the activation applied to this layer's output.
@@ -120,11 +121,24 @@ class DenseLayer:
         return self.weight.shape[0]
 
     def pre_activation(self, a: torch.Tensor) -> torch.Tensor:
-        """h = scale * a @ weight^T + bias_scale * bias, (N, n_out), in one GEMM call."""
-        if self.bias is None:
-            h = a @ self.weight.T
-            return h.mul_(self.scale) if self.scale != 1.0 else h
-        return torch.addmm(self.bias, a, self.weight.T, beta=self.bias_scale, alpha=self.scale)
+        """h = scale * a @ weight^T + bias_scale * bias, (N, n_out)."""
+        return pre_activation(a, self.weight, self.bias, self.scale, self.bias_scale)
+
+
+def pre_activation(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   scale: float, bias_scale: float) -> torch.Tensor:
+    """h = scale * a @ weight^T + bias_scale * bias, (N, n_out).
+
+    The one place a dense layer's forward is written: :class:`MLP.forward` and
+    the NTK engine both call it, and with scale = bias_scale = 1 it is exactly
+    ``nn.Linear``'s ``F.linear``. Identical operations give identical
+    rounding, so in float32 the engine's ReLU masks are those of the network
+    as it runs (a pre-activation within rounding of 0 can otherwise flip).
+    """
+    if scale == 1.0 and bias_scale in (0.0, 1.0):
+        return F.linear(a, weight, bias if bias_scale == 1.0 else None)
+    h = F.linear(a, weight) * scale
+    return h if bias is None else h + bias_scale * bias
 
 
 class MLP(nn.Module):
@@ -200,33 +214,30 @@ class MLP(nn.Module):
                 b = torch.randn(fan_out, generator=generator, dtype=torch.float64) * b_std
                 self.biases.append(nn.Parameter(b.to(dtype=dtype, device=device)))
 
-    def dense_layers(self) -> list[DenseLayer]:
-        """This network as a list of :class:`DenseLayer` (detached views)."""
+    def _layers(self, detach: bool) -> list[DenseLayer]:
         phi = Activation(self.activation)
         ntk_param = self.parametrization == "ntk"
-        layers = []
-        for l, w in enumerate(self.weights):
-            layers.append(DenseLayer(
-                weight=w.detach(),
-                bias=None if self.biases is None else self.biases[l].detach(),
+        last = len(self.weights) - 1
+        keep = (lambda t: t.detach()) if detach else (lambda t: t)
+        return [
+            DenseLayer(
+                weight=keep(w),
+                bias=None if self.biases is None else keep(self.biases[l]),
                 scale=self.sigma_w / math.sqrt(w.shape[1]) if ntk_param else 1.0,
                 bias_scale=0.0 if self.biases is None else (self.sigma_b if ntk_param else 1.0),
-                activation=phi if l < len(self.weights) - 1 else IDENTITY,
-            ))
-        return layers
+                activation=phi if l < last else IDENTITY,
+            )
+            for l, w in enumerate(self.weights)
+        ]
+
+    def dense_layers(self) -> list[DenseLayer]:
+        """This network as a list of :class:`DenseLayer` (detached views)."""
+        return self._layers(detach=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, n_0) -> (N, K)."""
-        ntk_param = self.parametrization == "ntk"
-        phi = Activation(self.activation)
-        last = len(self.weights) - 1
-        for l, w in enumerate(self.weights):
-            h = F.linear(x, w)
-            if ntk_param:
-                h = h * (self.sigma_w / math.sqrt(w.shape[1]))
-            if self.biases is not None:
-                h = h + (self.sigma_b * self.biases[l] if ntk_param else self.biases[l])
-            x = phi(h) if l < last else h
+        """(N, n_0) -> (N, K), through the same per-layer code as the NTK engine."""
+        for layer in self._layers(detach=False):
+            x = layer.activation(layer.pre_activation(x))
         return x
 
     def extra_repr(self) -> str:

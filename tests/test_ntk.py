@@ -138,6 +138,20 @@ def test_half_precision_models_compute_in_float32(dtype):
     assert next(net.parameters()).dtype == dtype
 
 
+def test_float32_agrees_with_the_float32_network():
+    """The engine's forward is the model's own (same ops, same rounding), so
+    in float32 its ReLU masks are the network's: it agrees with torch.func on
+    the float32 network far below float32's distance to float64 (where a
+    pre-activation within rounding of 0 may flip and move a few entries by 1e-3)."""
+    for make in (lambda: make_mlp([32, 256, 256, 5], "relu", "ntk", dtype=torch.float32, seed=3),
+                 lambda: make_mlp([32, 256, 256, 5], "relu", "standard", dtype=torch.float32, seed=3),
+                 lambda: nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 5))):
+        torch.manual_seed(5)
+        net = make()
+        x = inputs(48, 32, dtype=torch.float32)
+        assert rel_err(fastntk.ntk(net, x), oracle_ntk(net, x)) <= 2e-5
+
+
 def test_layerwise_homogeneity_per_init():
     """DESIGN.md: standard parametrization, ReLU, sigma_b = 0: scaling every W
     by sqrt(s) scales layer l's weight term by s^(L-1) and its bias term by
