@@ -230,6 +230,37 @@ inline void check_ntk_accumulate(const at::Tensor& out, const at::Tensor& a1,
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
 }
 
+// The right-hand factor of ntk_accumulate's delta Gram, laid out once per
+// call from contiguous d2 (N2, K, n): full (n, N2 K), trace (K n, N2),
+// per_output (K, n, N2).
+inline at::Tensor delta_gram_right(OutputMode mode, const at::Tensor& d2c) {
+  const int64_t n2 = d2c.size(0), k_out = d2c.size(1), n = d2c.size(2);
+  switch (mode) {
+    case OutputMode::kFull: return d2c.reshape({n2 * k_out, n}).t();
+    case OutputMode::kTrace: return d2c.reshape({n2, k_out * n}).t();
+    case OutputMode::kPerOutput: return d2c.permute({1, 2, 0});
+  }
+  return at::Tensor();
+}
+
+// The delta Gram of rows d1b (rows, K, n) against columns [col0, col0 + cols)
+// of x2, contiguous: full (rows K, cols K), trace (rows, cols), per_output
+// (K, rows, cols). One GEMM (batched over K for per_output).
+inline at::Tensor delta_gram(OutputMode mode, const at::Tensor& d1b, const at::Tensor& right,
+                             int64_t col0, int64_t cols) {
+  const int64_t rows = d1b.size(0), k_out = d1b.size(1), n = d1b.size(2);
+  switch (mode) {
+    case OutputMode::kFull:
+      return at::matmul(d1b.reshape({rows * k_out, n}), right.narrow(1, col0 * k_out, cols * k_out))
+          .contiguous();
+    case OutputMode::kTrace:
+      return at::matmul(d1b.reshape({rows, k_out * n}), right.narrow(1, col0, cols)).contiguous();
+    case OutputMode::kPerOutput:
+      return at::matmul(d1b.permute({1, 0, 2}), right.narrow(2, col0, cols)).contiguous();
+  }
+  return at::Tensor();
+}
+
 // The optional second output of ntk_accumulate: like out in every respect.
 inline void check_bias_out(const at::Tensor& out, const at::Tensor& bias_out) {
   TORCH_CHECK(bias_out.sizes() == out.sizes(), "bias_out must have the shape of out ",

@@ -120,7 +120,7 @@ void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
   check_ntk_accumulate(out, a1, a2, d1, d2, mode);
   if (bias_out) check_bias_out(out, *bias_out);
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
-  const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1), n = d1.size(2);
+  const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1);
   if (out.numel() == 0) return;
   const bool symmetric = a1.is_same(a2) && d1.is_same(d2);
 
@@ -128,12 +128,7 @@ void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
   const at::Tensor d1c = d1.contiguous(), d2c = symmetric ? d1c : d2.contiguous();
   // The right-hand Gram factors, laid out once; blocks take column slices.
   const at::Tensor a2t = a2c.t();  // (p, N2)
-  at::Tensor d2_right;
-  switch (mode) {
-    case OutputMode::kFull: d2_right = d2c.reshape({n2 * k_out, n}).t(); break;       // (n, N2 K)
-    case OutputMode::kTrace: d2_right = d2c.reshape({n2, k_out * n}).t(); break;      // (K n, N2)
-    case OutputMode::kPerOutput: d2_right = d2c.permute({1, 2, 0}); break;            // (K, n, N2)
-  }
+  const at::Tensor d2_right = delta_gram_right(mode, d2c);
   const int64_t per_row = n2 * (mode == OutputMode::kFull ? k_out * k_out
                                 : mode == OutputMode::kPerOutput ? k_out : 1);
   int64_t block = std::max<int64_t>(1, kBlockElements / std::max<int64_t>(1, per_row));
@@ -151,21 +146,7 @@ void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
     at::Tensor gram;
     if (weight_scale != 0.0)
       gram = at::matmul(a1c.narrow(0, row0, b.rows), a2t.narrow(1, b.col0, b.cols)).contiguous();
-    const at::Tensor d1b = d1c.narrow(0, row0, b.rows);
-    at::Tensor dgram;
-    switch (mode) {
-      case OutputMode::kFull:
-        dgram = at::matmul(d1b.reshape({b.rows * k_out, n}),
-                           d2_right.narrow(1, b.col0 * k_out, b.cols * k_out));
-        break;
-      case OutputMode::kTrace:
-        dgram = at::matmul(d1b.reshape({b.rows, k_out * n}), d2_right.narrow(1, b.col0, b.cols));
-        break;
-      case OutputMode::kPerOutput:  // (K, rows, cols)
-        dgram = at::matmul(d1b.permute({1, 0, 2}), d2_right.narrow(2, b.col0, b.cols));
-        break;
-    }
-    dgram = dgram.contiguous();
+    const at::Tensor dgram = delta_gram(mode, d1c.narrow(0, row0, b.rows), d2_right, b.col0, b.cols);
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {
       scalar_t* o = out.data_ptr<scalar_t>();
       scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;

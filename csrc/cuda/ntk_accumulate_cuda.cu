@@ -79,7 +79,7 @@ void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1,
   if (bias_out) check_bias_out(out, *bias_out);
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
   const c10::cuda::CUDAGuard device_guard(out.device());
-  const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1), n = d1.size(2);
+  const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1);
   if (out.numel() == 0) return;
   const bool with_gram = weight_scale != 0.0;
 
@@ -87,12 +87,7 @@ void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1,
   // slices of the left-hand ones.
   const at::Tensor d1c = d1.contiguous(), d2c = d2.contiguous();
   const at::Tensor a2t = a2.t();  // (p, N2)
-  at::Tensor d2_right;
-  switch (mode) {
-    case OutputMode::kFull: d2_right = d2c.reshape({n2 * k_out, n}).t(); break;   // (n, N2 K)
-    case OutputMode::kTrace: d2_right = d2c.reshape({n2, k_out * n}).t(); break;  // (K n, N2)
-    case OutputMode::kPerOutput: d2_right = d2c.permute({1, 2, 0}); break;        // (K, n, N2)
-  }
+  const at::Tensor d2_right = delta_gram_right(mode, d2c);
   const int64_t per_out = mode == OutputMode::kFull        ? k_out * k_out
                           : mode == OutputMode::kPerOutput ? k_out
                                                            : 1;
@@ -106,20 +101,7 @@ void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1,
     const int64_t rows = std::min(block, n1 - row0);
     at::Tensor gram;
     if (with_gram) gram = at::matmul(a1.narrow(0, row0, rows), a2t).contiguous();
-    const at::Tensor d1b = d1c.narrow(0, row0, rows);
-    at::Tensor dgram;
-    switch (mode) {
-      case OutputMode::kFull:
-        dgram = at::matmul(d1b.reshape({rows * k_out, n}), d2_right);
-        break;
-      case OutputMode::kTrace:
-        dgram = at::matmul(d1b.reshape({rows, k_out * n}), d2_right);
-        break;
-      case OutputMode::kPerOutput:  // (K, rows, N2)
-        dgram = at::matmul(d1b.permute({1, 0, 2}), d2_right);
-        break;
-    }
-    dgram = dgram.contiguous();
+    const at::Tensor dgram = delta_gram(mode, d1c.narrow(0, row0, rows), d2_right, 0, n2);
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cuda", [&] {
       ntk_accumulate_kernel<scalar_t>
           <<<cuda::grid_size(rows * n2 * per_out), cuda::kThreads, 0, stream>>>(
