@@ -135,31 +135,6 @@ FASTNTK_HOST_DEVICE T activation_derivative(Activation act, T h, ActivationParam
   return T(0);
 }
 
-// Calls f(std::integral_constant<Activation, A>{}) for the runtime value act,
-// so that kernels can be instantiated per activation: with A a compile-time
-// constant, activation_derivative folds to one branch-free expression and the
-// inner loops vectorise.
-template <typename F>
-decltype(auto) dispatch_activation(Activation act, F&& f) {
-#define FASTNTK_ACT_CASE(A) \
-  case Activation::A:       \
-    return f(std::integral_constant<Activation, Activation::A>{});
-  switch (act) {
-    FASTNTK_ACT_CASE(kIdentity)
-    FASTNTK_ACT_CASE(kRelu)
-    FASTNTK_ACT_CASE(kLeakyRelu)
-    FASTNTK_ACT_CASE(kTanh)
-    FASTNTK_ACT_CASE(kSigmoid)
-    FASTNTK_ACT_CASE(kGelu)
-    FASTNTK_ACT_CASE(kGeluTanh)
-    FASTNTK_ACT_CASE(kSilu)
-    FASTNTK_ACT_CASE(kSoftplus)
-    FASTNTK_ACT_CASE(kErf)
-  }
-#undef FASTNTK_ACT_CASE
-  TORCH_CHECK(false, "unknown activation");
-}
-
 enum class OutputMode { kFull, kTrace, kPerOutput };
 
 inline OutputMode parse_outputs(c10::string_view name) {
