@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <cmath>
 #include <cstdint>
@@ -203,6 +204,7 @@ inline void check_ntk_accumulate(const at::Tensor& out, const at::Tensor& a1,
               at::IntArrayRef(expected), " for this outputs mode, got shape ",
               shape_str(out));
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+  for (const at::Tensor* t : {&a1, &a2, &d1, &d2}) at::assert_no_overlap(out, *t);
 }
 
 // The right-hand factor of ntk_accumulate's delta Gram, laid out once per
@@ -244,6 +246,7 @@ inline void check_bias_out(const at::Tensor& out, const at::Tensor& bias_out) {
   FASTNTK_CHECK_SAME_DEVICE(out, bias_out);
   TORCH_CHECK(bias_out.is_contiguous(), "bias_out must be contiguous");
   TORCH_CHECK(!bias_out.is_same(out), "bias_out must be a different tensor from out");
+  at::assert_no_overlap(out, bias_out);
 }
 
 // The expected shape of the per-sample diagonal for N inputs and K outputs.
@@ -277,6 +280,8 @@ inline void check_ntk_diag_accumulate(const at::Tensor& out,
               at::IntArrayRef(expected), " for this outputs mode, got shape ",
               shape_str(out));
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+  at::assert_no_overlap(out, a);
+  at::assert_no_overlap(out, d);
 }
 
 }  // namespace fastntk

@@ -109,7 +109,9 @@ def ntk_diag_accumulate(
 ) -> None:
     """out[i] += (weight_scale |a_i|^2 + bias_scale) <d_ik, d_ik'>, per mode."""
     _check_choice("outputs", outputs, OUTPUT_MODES)
-    scale = weight_scale * (a * a).sum(1) + bias_scale
+    scale = torch.full((a.shape[0],), bias_scale, dtype=a.dtype, device=a.device)
+    if weight_scale != 0.0:  # like the kernels, a is not read when its term is dropped
+        scale = scale + weight_scale * (a * a).sum(1)
     if outputs == "full":
         out += scale[:, None, None] * torch.einsum("ikn,iln->ikl", d, d)
     elif outputs == "trace":

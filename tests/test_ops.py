@@ -225,6 +225,15 @@ class TestNtkAccumulate:
             torch.ops.fastntk.ntk_accumulate(torch.zeros(shape), torch.zeros(2, 4), torch.zeros(3, 4),
                                              torch.zeros(2, 2, 5), torch.zeros(3, 2, 5), 1.0, 1.0, outputs)
 
+    def test_out_overlapping_an_input_is_refused(self):
+        z = torch.zeros
+        out = z(2, 3)
+        with pytest.raises(RuntimeError, match="single memory location"):
+            torch.ops.fastntk.ntk_accumulate(out, out, z(3, 3), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+        with pytest.raises(RuntimeError, match="single memory location"):
+            torch.ops.fastntk.ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace",
+                                             out.view(2, 3))
+
     def test_bad_shapes_and_dtypes(self):
         z = torch.zeros
         with pytest.raises(RuntimeError, match=r"a2.size\(1\) must equal a1.size\(1\) \(4\), got shape \(3, 5\)"):

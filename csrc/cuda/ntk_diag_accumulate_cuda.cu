@@ -3,7 +3,8 @@
 // reduction kernels: one block per sample computes the activation factor
 // s_i = weight_scale |a_i|^2 + bias_scale, then one block per (sample, output
 // pair) reduces the delta dot product and adds s_i times it into out. Sums
-// accumulate in at::acc_type (float for float32, double for float64).
+// accumulate in double for both dtypes, like the CPU kernel (the reduction is
+// memory-bound, so the wider sum costs nothing).
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -119,7 +120,7 @@ void ntk_diag_accumulate_cuda(at::Tensor out, const at::Tensor& a,
                   static_cast<unsigned int>(std::min(n_pairs, kMaxGridY)));
 
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_diag_accumulate_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    using acc_t = double;
     at::Tensor factor;  // (N,) in acc_t, only when there is an activation term
     if (weight_scale != 0.0) {
       const at::Tensor ac = a.contiguous();
