@@ -175,12 +175,14 @@ def run_experiment(args, argv: list[str] | None = None) -> dict:
     if name == "dispersion":
         kw = dict(depths=depths or list(range(1, 21)), sigma_w2s=sw2 or list(E.ICML_SIGMA_W2),
                   widths=widths or [100], cosines=args.cosine or [1.0, 0.5, 0.0],
-                  n_inits=args.inits or 500)
+                  n_inits=500 if args.inits is None else args.inits)
         rows = E.dispersion(**kw, **common, progress=progress)
         files["png"] = E.plot_dispersion(rows, os.path.join(args.out, "dispersion.png"))
     elif name == "convergence":
+        if args.cosine is not None:
+            raise ValueError("--cosine does not apply to convergence (it compares whole kernels on random inputs)")
         kw = dict(widths=widths or [128, 256, 512, 1024, 2048, 4096, 8192], depths=depths or [1, 3],
-                  sigma_w2s=sw2 or [1.0, 2.0, 3.0], n_inits=args.inits or 20)
+                  sigma_w2s=sw2 or [1.0, 2.0, 3.0], n_inits=20 if args.inits is None else args.inits)
         rows = E.convergence(**kw, **common, progress=progress)
         files["png"] = E.plot_convergence(rows, os.path.join(args.out, "convergence.png"))
         files["rates_csv"] = E.save_csv(E.convergence_rates(rows), os.path.join(args.out, "convergence_rates.csv"))
@@ -189,7 +191,7 @@ def run_experiment(args, argv: list[str] | None = None) -> dict:
             if vals is not None and len(vals) != 1:
                 raise ValueError(f"layer_shares takes one value of {flag}; got {vals}")
         kw = dict(depth=depths[0] if depths else 20, sigma_w2s=sw2 or [1.0, 1.5, 2.0, 2.5, 3.0],
-                  width=widths[0] if widths else 100, n_inits=args.inits or 200,
+                  width=widths[0] if widths else 100, n_inits=200 if args.inits is None else args.inits,
                   cosine=args.cosine[0] if args.cosine else 1.0)
         rows = E.layer_shares(**kw, **common)
         files["png"] = E.plot_layer_shares(rows, os.path.join(args.out, "layer_shares.png"))

@@ -22,8 +22,8 @@ then bias for each layer, scaled as the MLP scales them, then cast to
 ``dtype``. The statistics therefore equal a plain loop of :func:`fastntk.ntk`
 over those MLPs (to float64 rounding; a test checks 1e-10), and any single
 init can be rebuilt from its seed for a closer look. Drawing the weights is
-done on the CPU (as the MLP does), on as many threads as torch uses; for
-small networks it is most of the cost.
+done on the CPU (as the MLP does), on one thread by default (several threads
+were measured slower here); for small networks it is most of the cost.
 
 Example::
 
@@ -358,7 +358,7 @@ def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization
     Returns (weights, biases): lists over layers of float64 CPU tensors
     (S, n_l, n_{l-1}) and (S, n_l) (biases None when ``bias=False``), bit
     for bit the MLPs' parameters before their cast to ``dtype``. Seeds are
-    drawn on ``threads`` threads (default: torch's thread count).
+    drawn on ``threads`` threads (default: 1).
     """
     widths = _check_widths(widths)
     ntk_param = parametrization == "ntk"
@@ -533,7 +533,7 @@ def ensemble_ntk(
     ntk_param = parametrization == "ntk"
     scales = [sigma_w / math.sqrt(i) if ntk_param else 1.0 for i in widths[:-1]]
     bias_scales = [(sigma_b if ntk_param else 1.0) if bias else 0.0 for _ in widths[1:]]
-    entries = {"full": k * k, "trace": 1, "per_output": k}[outputs] * (n if n1 is None else n1 * (n - n1))
+    entries = {"full": k * k, "trace": 1, "per_output": k}[outputs] * (n * n if n1 is None else n1 * (n - n1))
     if chunk is None:
         per_init = 8 * (2 * sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
                         + 3 * n * k * max(widths) + 2 * n * sum(widths) + 2 * len(widths) * entries)

@@ -177,3 +177,13 @@ def test_bad_inputs():
         ensemble_ntk([4, 4, 1], [[1.0] * 4], seeds=2)
     with pytest.raises(ValueError, match="widths"):
         ensemble_ntk([4, 0, 1], torch.ones(2, 4, dtype=F64), seeds=2)
+
+
+def test_auto_chunk_counts_the_n_by_n_kernels():
+    """The automatic chunk keeps S x (N x N kernel) within the memory budget."""
+    from fastntk import ensemble
+
+    x = torch.randn(300, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    st = ensemble.ensemble_ntk([10, 10, 10, 1], x, seeds=200, parametrization="standard", sigma_w=1.4)
+    kernel_bytes = 8 * 300 * 300
+    assert st.settings["chunk"] * kernel_bytes <= ensemble.CHUNK_BYTES

@@ -138,6 +138,8 @@ def test_cli_run_layer_shares_and_convergence(tmp_path):
     (["run", "dispersion", "--depths", "0", "--inits", "3"], "depths"),
     (["run", "layer_shares", "--depths", "2", "3"], "one value"),
     (["run", "nonsense"], "invalid choice"),
+    (["run", "dispersion", "--depths", "1", "--inits", "0"], "n_inits"),
+    (["run", "convergence", "--cosine", "0.5"], "--cosine does not apply"),
 ])
 def test_cli_bad_arguments(argv, word, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
