@@ -183,7 +183,7 @@ def test_auto_chunk_counts_the_n_by_n_kernels():
     """The automatic chunk keeps S x (N x N kernel) within the memory budget."""
     from fastntk import ensemble
 
-    x = torch.randn(300, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    st = ensemble.ensemble_ntk([10, 10, 10, 1], x, seeds=200, parametrization="standard", sigma_w=1.4)
-    kernel_bytes = 8 * 300 * 300
+    x = torch.randn(400, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    st = ensemble.ensemble_ntk([10, 10, 10, 1], x, seeds=1000, parametrization="standard", sigma_w=1.4)
+    kernel_bytes = 8 * 400 * 400
     assert st.settings["chunk"] * kernel_bytes <= ensemble.CHUNK_BYTES
