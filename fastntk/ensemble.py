@@ -36,7 +36,6 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -361,6 +360,10 @@ def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization
     drawn on ``threads`` threads (default: 1).
     """
     widths = _check_widths(widths)
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}; got {parametrization!r}")
+    if isinstance(seeds, (int, np.integer)) or not hasattr(seeds, "__len__"):
+        raise TypeError(f"seeds must be a sequence of ints; got {type(seeds).__name__} {seeds!r}")
     ntk_param = parametrization == "ntk"
     s = len(seeds)
     ws = [torch.empty(s, o, i, dtype=torch.float64) for i, o in zip(widths[:-1], widths[1:])]

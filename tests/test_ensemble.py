@@ -187,3 +187,12 @@ def test_auto_chunk_counts_the_n_by_n_kernels():
     st = ensemble.ensemble_ntk([10, 10, 10, 1], x, seeds=1000, parametrization="standard", sigma_w=1.4)
     kernel_bytes = 8 * 400 * 400
     assert st.settings["chunk"] * kernel_bytes <= ensemble.CHUNK_BYTES
+
+
+def test_init_weights_bad_arguments():
+    from fastntk.ensemble import init_weights
+
+    with pytest.raises(ValueError, match="parametrization must be one of ntk, standard; got 'NTK'"):
+        init_weights([3, 4, 1], seeds=[1], parametrization="NTK")
+    with pytest.raises(TypeError, match="seeds must be a sequence of ints; got int 5"):
+        init_weights([3, 4, 1], seeds=5)
