@@ -119,6 +119,9 @@ def sphere_inputs(n0: int, cosines: Sequence[float], dtype=torch.float64) -> tor
     """(1 + len(cosines), n0): x_0 = e_1, then c e_1 + sqrt(1 - c^2) e_2 for each cosine c."""
     if n0 < 2:
         raise ValueError(f"the input dimension must be >= 2 to place two inputs at a given cosine; got {n0}")
+    for c in cosines:
+        if not isinstance(c, (int, float, np.floating, np.integer)) or not -1.0 <= float(c) <= 1.0:
+            raise ValueError(f"cosines must be numbers in [-1, 1]; got {c!r} in {list(cosines)!r}")
     x = torch.zeros(1 + len(cosines), n0, dtype=dtype)
     x[0, 0] = 1.0
     for i, c in enumerate(cosines):

@@ -153,3 +153,11 @@ def test_cli_help_explains_experiments(capsys):
     text = capsys.readouterr().out
     for word in ("dispersion", "convergence", "layer_shares", "edge of chaos", "1:20", "--inits", "seed"):
         assert word in text
+
+
+@pytest.mark.parametrize("cosines", [[2.0], [float("nan")], [0.5, -1.5]])
+def test_sphere_inputs_refuses_cosines_off_the_sphere(cosines):
+    from fastntk import experiments
+
+    with pytest.raises(ValueError, match=r"cosines must be numbers in \[-1, 1\]"):
+        experiments.sphere_inputs(4, cosines)
