@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -236,6 +237,82 @@ inline at::Tensor delta_gram(OutputMode mode, const at::Tensor& d1b, const at::T
       return at::matmul(d1b.permute({1, 0, 2}), right.narrow(2, col0, cols)).contiguous();
   }
   return at::Tensor();
+}
+
+// ntk_accumulate_layers: L layers' tensors, each checked as ntk_accumulate
+// checks them (the message names the layer), plus one scale of each kind per
+// layer.
+inline void check_ntk_accumulate_layers(const at::Tensor& out, at::TensorList a1, at::TensorList a2,
+                                        at::TensorList d1, at::TensorList d2,
+                                        at::ArrayRef<double> weight_scales,
+                                        at::ArrayRef<double> bias_scales, OutputMode mode) {
+  const size_t n_layers = a1.size();
+  TORCH_CHECK(a2.size() == n_layers && d1.size() == n_layers && d2.size() == n_layers &&
+                  weight_scales.size() == n_layers && bias_scales.size() == n_layers,
+              "a1, a2, d1, d2, weight_scales and bias_scales must all have one entry per layer, got lengths ",
+              a1.size(), ", ", a2.size(), ", ", d1.size(), ", ", d2.size(), ", ", weight_scales.size(),
+              ", ", bias_scales.size());
+  for (size_t l = 0; l < n_layers; ++l) {
+    try {
+      check_ntk_accumulate(out, a1[l], a2[l], d1[l], d2[l], mode);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "layer ", l, ": ", e.msg());
+    }
+  }
+}
+
+// Whether the pairs (a1, a2) and (d1, d2) are the same tensors in every layer:
+// then the NTK block is symmetric and only its upper triangle is computed.
+inline bool same_sides(at::TensorList a1, at::TensorList a2, at::TensorList d1, at::TensorList d2) {
+  for (size_t l = 0; l < a1.size(); ++l)
+    if (!a1[l].is_same(a2[l]) || !d1[l].is_same(d2[l])) return false;
+  return true;
+}
+
+// Elements of out per row of x1: N2 times 1, K or K^2.
+inline int64_t out_per_pair(OutputMode mode, int64_t k_out) {
+  return mode == OutputMode::kFull ? k_out * k_out : mode == OutputMode::kPerOutput ? k_out : 1;
+}
+
+// At most this many layers are summed in one pass over out (the CUDA kernel
+// takes their pointers by value).
+constexpr int64_t kMaxFusedLayers = 8;
+
+// How a call is cut into passes: `layers` layers (at most max_layers) per
+// pass over out, all their Gram temporaries alive together, and `rows` rows
+// of x1 per block, so that the temporaries of a block hold about `budget`
+// elements, never fewer than min_rows rows (GEMMs on fewer rows run far
+// below peak).
+struct BlockPlan {
+  int64_t layers, rows;
+};
+
+inline BlockPlan plan_blocks(int64_t n1, int64_t temp_per_row, int64_t n_layers, int64_t budget,
+                             int64_t min_rows, int64_t max_layers) {
+  temp_per_row = std::max<int64_t>(1, temp_per_row);
+  min_rows = std::max<int64_t>(1, std::min(min_rows, n1));
+  BlockPlan plan;
+  plan.layers = std::max<int64_t>(
+      1, std::min({n_layers, max_layers, kMaxFusedLayers, budget / (min_rows * temp_per_row)}));
+  plan.rows = std::max<int64_t>(min_rows, budget / (plan.layers * temp_per_row));
+  plan.rows = std::max<int64_t>(1, std::min(plan.rows, n1));
+  return plan;
+}
+
+// One row block of out: rows [row0, row0 + rows) against columns
+// [col0, col0 + cols). In the symmetric case col0 = row0, and of each row gi
+// only the pairs (gi, j >= gi) are computed: (gi, gi) is written once and
+// every j > gi both to (gi, j) and, transposed over the output axes, to
+// (j, gi). Both halves get the same value, so the result is exactly
+// symmetric.
+struct Block {
+  int64_t row0, rows;
+  int64_t col0, cols;
+  bool symmetric;
+};
+
+inline Block make_block(int64_t row0, int64_t rows, int64_t n2, bool symmetric) {
+  return Block{row0, rows, symmetric ? row0 : 0, symmetric ? n2 - row0 : n2, symmetric};
 }
 
 // The optional second output of ntk_accumulate: like out in every respect.

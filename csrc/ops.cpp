@@ -16,6 +16,9 @@ const char* const kSchemas[] = {
     "ntk_accumulate(Tensor(a!) out, Tensor a1, Tensor a2, Tensor d1, "
     "Tensor d2, float weight_scale, float bias_scale, str outputs, "
     "Tensor(b!)? bias_out=None) -> ()",
+    "ntk_accumulate_layers(Tensor(a!) out, Tensor[] a1, Tensor[] a2, "
+    "Tensor[] d1, Tensor[] d2, float[] weight_scales, float[] bias_scales, "
+    "str outputs) -> ()",
     "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
     "float weight_scale, float bias_scale, str outputs) -> ()",
 };

@@ -35,6 +35,11 @@ SCHEMAS = {
         "Tensor d2, float weight_scale, float bias_scale, str outputs, "
         "Tensor(b!)? bias_out=None) -> ()"
     ),
+    "ntk_accumulate_layers": (
+        "ntk_accumulate_layers(Tensor(a!) out, Tensor[] a1, Tensor[] a2, "
+        "Tensor[] d1, Tensor[] d2, float[] weight_scales, float[] bias_scales, "
+        "str outputs) -> ()"
+    ),
     "ntk_diag_accumulate": (
         "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
         "float weight_scale, float bias_scale, str outputs) -> ()"
@@ -166,6 +171,35 @@ def ntk_accumulate(
     torch.ops.fastntk.ntk_accumulate.default(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs, bias_out)
 
 
+def ntk_accumulate_layers(
+    out: torch.Tensor, a1: list[torch.Tensor], a2: list[torch.Tensor], d1: list[torch.Tensor],
+    d2: list[torch.Tensor], weight_scales: list[float], bias_scales: list[float], outputs: str,
+) -> None:
+    """Add several layers' NTK contributions to ``out`` in one pass over it.
+
+    out += sum_l (weight_scales[l] * a1[l] a2[l]^T + bias_scales[l]) (.) <d1[l], d2[l]>,
+    the sum of :func:`ntk_accumulate` over l, but out is read and written once
+    per pass of up to 8 layers instead of once per layer (it is as large as
+    the Grams when K is large and the layers narrow).
+
+    Parameters
+    ----------
+    out : contiguous output, shape given by ``outputs`` (as in :func:`ntk_accumulate`).
+    a1, a2 : per layer, (N1, p_l), (N2, p_l) input activations.
+    d1, d2 : per layer, (N1, K, n_l), (N2, K, n_l) signals.
+    weight_scales, bias_scales : per layer, c_l^2 and beta_l^2.
+    outputs : ``"full"``, ``"trace"`` or ``"per_output"``.
+
+    When ``a1[l] is a2[l]`` and ``d1[l] is d2[l]`` for every l, only the upper
+    triangle is computed and mirrored (the engine's x2 = x1 case).
+    """
+    _refuse_grad("ntk_accumulate_layers", out=out, **{
+        f"{name}[{l}]": t for name, ts in (("a1", a1), ("a2", a2), ("d1", d1), ("d2", d2)) for l, t in enumerate(ts)})
+    torch.ops.fastntk.ntk_accumulate_layers.default(
+        out, list(a1), list(a2), list(d1), list(d2), [float(s) for s in weight_scales],
+        [float(s) for s in bias_scales], outputs)
+
+
 def ntk_diag_accumulate(
     out: torch.Tensor, a: torch.Tensor, d: torch.Tensor, weight_scale: float,
     bias_scale: float, outputs: str,
@@ -220,6 +254,19 @@ def _ntk_accumulate_fake(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs,
     _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got shape {tuple(out.shape)}")
     _fake_check(a2.shape[1] == a1.shape[1], "a2.size(1) must equal a1.size(1)")
     _fake_check(tuple(d2.shape[1:]) == tuple(d1.shape[1:]), "d2.size(1), d2.size(2) must equal those of d1")
+    return None
+
+
+@torch.library.register_fake("fastntk::ntk_accumulate_layers")
+def _ntk_accumulate_layers_fake(out, a1, a2, d1, d2, weight_scales, bias_scales, outputs):
+    lengths = [len(a1), len(a2), len(d1), len(d2), len(weight_scales), len(bias_scales)]
+    _fake_check(len(set(lengths)) == 1, "a1, a2, d1, d2, weight_scales and bias_scales must all have one entry "
+                                        f"per layer, got lengths {', '.join(map(str, lengths))}")
+    for l, layer in enumerate(zip(a1, a2, d1, d2, weight_scales, bias_scales)):
+        try:
+            _ntk_accumulate_fake(out, *layer, outputs)
+        except RuntimeError as exc:
+            raise RuntimeError(f"layer {l}: {exc}") from None
     return None
 
 

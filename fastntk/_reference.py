@@ -11,6 +11,8 @@ Shapes, for N inputs, K outputs, a layer of width n fed by width p:
   h (N, n) -> delta (N, K, n).
 - ``ntk_accumulate``: out (N1, N2, K, K) | (N1, N2) | (N1, N2, K),
   a1 (N1, p), a2 (N2, p), d1 (N1, K, n), d2 (N2, K, n).
+- ``ntk_accumulate_layers``: out as above, and one (a1, a2, d1, d2) of
+  those shapes per layer (p and n vary with the layer).
 - ``ntk_diag_accumulate``: out (N, K, K) | (N,) | (N, K), a (N, p), d (N, K, n).
 """
 
@@ -101,6 +103,18 @@ def ntk_accumulate(
     else:
         out += _scaled_gram(a1, a2, weight_scale, 0.0)[(..., *extra)] * dgram
         bias_out += bias_scale * dgram
+
+
+def ntk_accumulate_layers(
+    out: torch.Tensor, a1: list[torch.Tensor], a2: list[torch.Tensor], d1: list[torch.Tensor],
+    d2: list[torch.Tensor], weight_scales: list[float], bias_scales: list[float], outputs: str,
+) -> None:
+    """The sum over layers l of :func:`ntk_accumulate` with layer l's tensors and scales."""
+    lengths = {len(a1), len(a2), len(d1), len(d2), len(weight_scales), len(bias_scales)}
+    if len(lengths) != 1:
+        raise RuntimeError("a1, a2, d1, d2, weight_scales and bias_scales must all have one entry per layer")
+    for layer in zip(a1, a2, d1, d2, weight_scales, bias_scales):
+        ntk_accumulate(out, *layer, outputs)
 
 
 def ntk_diag_accumulate(

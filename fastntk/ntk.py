@@ -16,10 +16,11 @@ How: one forward pass caches the pre-activations h^l, one backward pass
 propagates the signals delta^l = d f_k / d h^l for all K outputs at once
 (:func:`fastntk._ops.backprop_delta`), and each layer adds
 ``(c_l^2 a^{l-1} a'^{l-1 T} + beta_l^2) (.) <delta^l, delta'^l>`` to the
-output (:func:`fastntk._ops.ntk_accumulate`). Layers are accumulated as the
-backward pass reaches them, so only the pre-activations and two layers of
-signals are alive at once: memory O(N sum n_l + N K max n_l) plus the output,
-instead of a Jacobian's O(N K P).
+output (:func:`fastntk._ops.ntk_accumulate_layers`). Layers are accumulated
+as the backward pass reaches them; consecutive layers whose signals together
+hold fewer elements than the output are added in one pass over it. Memory:
+the pre-activations, at most max(output, two layers) of signals, and the
+output, O(N sum n_l + N K max n_l) + output, instead of a Jacobian's O(N K P).
 
 Conventions: ``outputs="trace"`` is the *sum* over outputs (neural-tangents'
 ``trace_axes`` averages instead: divide by K to compare). The full kernel is
@@ -275,10 +276,40 @@ def ntk(
             (l, a1, a2, d1, d2)
             for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, _forward(layers, x2)))
         )
-        accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
-        for l, a1, a2, d1, d2 in _progress(pairs, layers, n1 * n2, outputs, progress):
-            _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
+        pairs = _progress(pairs, layers, n1 * n2, outputs, progress)
+        if layerwise:
+            accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
+            for l, a1, a2, d1, d2 in pairs:
+                _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
+        else:
+            _accumulate_fused(out, layers, pairs, outputs)
     return out
+
+
+def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str) -> None:
+    """Add every layer's term to out, caching layers' signals until they hold
+    as many elements as out and then adding them in one pass over out
+    (:func:`fastntk._ops.ntk_accumulate_layers`). When out is large (many
+    inputs, K outputs, narrow layers) its traffic rivals the GEMMs, and this
+    reads and writes it once instead of L times; when it is small, layers go
+    one at a time and only two layers of signals are alive, as before."""
+    pending: list[tuple] = []
+    cached = 0
+
+    def flush():
+        if pending:
+            ls, a1, a2, d1, d2 = zip(*pending)
+            _ops.ntk_accumulate_layers(out, a1, a2, d1, d2, [layers[l].scale ** 2 for l in ls],
+                                       [layers[l].bias_scale ** 2 for l in ls], outputs)
+            pending.clear()
+
+    for l, a1, a2, d1, d2 in pairs:
+        pending.append((l, a1, a2, d1, d2))
+        cached += sum(t.numel() for t in {id(t): t for t in (a1, a2, d1, d2)}.values())
+        if cached >= out.numel():
+            flush()
+            cached = 0
+    flush()
 
 
 def ntk_diag(

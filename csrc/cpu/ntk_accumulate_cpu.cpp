@@ -1,29 +1,49 @@
-// CPU ntk_accumulate: out += (weight_scale * A1 A2^T + bias_scale) (.) D1 D2^T,
+// CPU ntk_accumulate and ntk_accumulate_layers:
+//   out += sum_l (weight_scale_l * A1_l A2_l^T + bias_scale_l) (.) D1_l D2_l^T,
 // with the Hadamard product broadcast over the output axes as the outputs mode
-// asks. Both Grams are ATen GEMMs; the scale, broadcast and accumulation are
-// one fused parallel pass. Rows of x1 are processed in blocks so the delta
-// Gram temporary stays small (a few MB) whatever N1, N2 and K are.
+// asks (ntk_accumulate is the one-layer case). The Grams are ATen GEMMs; the
+// scale, broadcast and sum over layers are one fused parallel pass per row
+// block (symmetric case: up to kMaxFusedLayers layers per pass, so out is
+// read and written once for all of them; otherwise one layer per pass, which
+// measured as fast). Rows of x1 are processed in blocks so the Gram
+// temporaries stay small (a few tens of MB) whatever N1, N2, K and L are.
 //
-// When a1 is a2 and d1 is d2 (the engine's x2 = x1 case) the kernel is
-// symmetric: each row block computes only the columns from its first row on,
-// and mirrors what lies right of the block into the lower triangle, which
-// roughly halves the GEMM and epilogue work.
+// When a1 is a2 and d1 is d2 in every layer (the engine's x2 = x1 case) the
+// kernel is symmetric: each row block computes only the columns from its
+// first row on, and each row only the pairs on or right of the diagonal,
+// mirrored into the lower triangle (see Block), which roughly halves the
+// GEMM and epilogue work and makes the result exactly symmetric.
 #include <ATen/Parallel.h>
 #include <optional>
 #include <torch/library.h>
+#include <vector>
 
 #include "../ntk_common.h"
 
 namespace fastntk {
 namespace {
 
-// Elements of the delta-Gram temporary per row block.
+// Elements of the Gram temporaries per row block (all layers of a pass).
 constexpr int64_t kBlockElements = int64_t(1) << 22;
+// Fewer rows per block make the GEMMs inefficient.
+constexpr int64_t kMinRows = 16;
+// The symmetric path's blocks: smaller ones skip more of the lower triangle,
+// but below 128 rows the extra GEMM calls cost more than the triangle saves.
+constexpr int64_t kMinSymmetricRows = 128;
 
-struct Block {
-  int64_t row0, rows;  // rows of out covered by this block
-  int64_t col0, cols;  // columns computed (col0 = row0 when symmetric)
-  int64_t mirror0;     // columns >= mirror0 are also written transposed
+// One layer's Grams over a block: out += (ws * gram + bs) (.) dgram.
+//   gram: (rows, cols), nullptr when ws == 0
+//   dgram: trace (rows, cols); per_output (K, rows, cols); full (rows K, cols K)
+template <typename scalar_t>
+struct Term {
+  const scalar_t* gram;
+  const scalar_t* dgram;
+  scalar_t ws, bs;
+
+  scalar_t weight_part(int64_t i, int64_t c, int64_t cols) const {
+    return gram ? ws * gram[i * cols + c] : scalar_t(0);
+  }
+  scalar_t scale(int64_t i, int64_t c, int64_t cols) const { return bs + weight_part(i, c, cols); }
 };
 
 // Adds s * dgram for one (i, j) pair into out[i, j] (and, transposed over the
@@ -37,14 +57,12 @@ inline void accumulate_pair(scalar_t* o, scalar_t* om, const scalar_t* dgram, sc
     o[0] += v;
     if constexpr (kMirror) om[0] += v;
   } else if constexpr (kMode == OutputMode::kPerOutput) {
-    // dgram: (K, rows, cols)
     for (int64_t k = 0; k < k_out; ++k) {
       const scalar_t v = s * dgram[(k * b.rows + i) * b.cols + c];
       o[k] += v;
       if constexpr (kMirror) om[k] += v;
     }
   } else {
-    // dgram: (rows * K, cols * K)
     for (int64_t k = 0; k < k_out; ++k) {
       const scalar_t* dg = dgram + (i * k_out + k) * (b.cols * k_out) + c * k_out;
       for (int64_t kk = 0; kk < k_out; ++kk) o[k * k_out + kk] += s * dg[kk];
@@ -54,119 +72,157 @@ inline void accumulate_pair(scalar_t* o, scalar_t* om, const scalar_t* dgram, sc
   }
 }
 
-// out += (weight_scale * gram + bias_scale) (.) dgram over one block; with
-// bias_out, the two terms go to out and bias_out separately (the layerwise
+// Sums every term into the pair (i, c): the pair's out elements (at most K^2)
+// stay in L1 while the layers are added, so out is touched once per pass.
+template <OutputMode kMode, bool kMirror, typename scalar_t>
+inline void accumulate_terms(scalar_t* o, scalar_t* om, const std::vector<Term<scalar_t>>& terms,
+                             int64_t i, int64_t c, const Block& b, int64_t k_out) {
+  for (const Term<scalar_t>& t : terms)
+    accumulate_pair<kMode, kMirror>(o, om, t.dgram, t.scale(i, c, b.cols), i, c, b, k_out);
+}
+
+// out += sum of the terms over one block; with bias_out (one term only), the
+// weight and bias parts go to out and bias_out separately (the layerwise
 // split) from the same delta Gram.
 template <OutputMode kMode, typename scalar_t>
-void accumulate_block(scalar_t* out, scalar_t* bias_out, const scalar_t* gram,
-                      const scalar_t* dgram, const Block& b, int64_t n2, int64_t k_out,
-                      scalar_t weight_scale, scalar_t bias_scale) {
-  const int64_t per_out = kMode == OutputMode::kFull ? k_out * k_out
-                          : kMode == OutputMode::kPerOutput ? k_out : 1;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, b.cols * per_out));
-  const int64_t direct_cols = std::min(b.cols, b.mirror0 - b.col0);
+void accumulate_block(scalar_t* out, scalar_t* bias_out, const std::vector<Term<scalar_t>>& terms,
+                      const Block& b, int64_t n2, int64_t k_out) {
+  const int64_t per_out = out_per_pair(kMode, k_out);
+  const int64_t work_per_row = std::max<int64_t>(1, b.cols * per_out * static_cast<int64_t>(terms.size()));
+  const int64_t grain = std::max<int64_t>(1, 32768 / work_per_row);
   at::parallel_for(0, b.rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t gi = b.row0 + i;
+      // Columns [first, mirror_from) are written once; [mirror_from, cols)
+      // also transposed into row j (symmetric case: j > gi).
+      const int64_t first = b.symmetric ? gi - b.col0 : 0;
+      const int64_t mirror_from = b.symmetric ? first + 1 : b.cols;
       scalar_t* orow = out + gi * n2 * per_out;
-      const scalar_t* grow = gram ? gram + i * b.cols : nullptr;
+      auto mirror_of = [&](scalar_t* base, int64_t j) { return base + (j * n2 + gi) * per_out; };
       if (bias_out) {
-        // Layerwise split: weight term into out, bias term into bias_out.
+        const Term<scalar_t>& t = terms[0];
         scalar_t* brow = bias_out + gi * n2 * per_out;
-        for (int64_t c = 0; c < b.cols; ++c) {
+        for (int64_t c = first; c < b.cols; ++c) {
           const int64_t j = b.col0 + c;
-          const scalar_t sw = grow ? weight_scale * grow[c] : scalar_t(0);
-          if (c < direct_cols) {
-            accumulate_pair<kMode, false>(orow + j * per_out, static_cast<scalar_t*>(nullptr), dgram, sw, i, c, b, k_out);
-            accumulate_pair<kMode, false>(brow + j * per_out, static_cast<scalar_t*>(nullptr), dgram, bias_scale, i, c, b, k_out);
+          const scalar_t sw = t.weight_part(i, c, b.cols);
+          if (c < mirror_from) {
+            accumulate_pair<kMode, false>(orow + j * per_out, static_cast<scalar_t*>(nullptr), t.dgram, sw, i, c, b, k_out);
+            accumulate_pair<kMode, false>(brow + j * per_out, static_cast<scalar_t*>(nullptr), t.dgram, t.bs, i, c, b, k_out);
           } else {
-            accumulate_pair<kMode, true>(orow + j * per_out, out + (j * n2 + gi) * per_out, dgram, sw, i, c, b, k_out);
-            accumulate_pair<kMode, true>(brow + j * per_out, bias_out + (j * n2 + gi) * per_out, dgram, bias_scale,
-                                         i, c, b, k_out);
+            accumulate_pair<kMode, true>(orow + j * per_out, mirror_of(out, j), t.dgram, sw, i, c, b, k_out);
+            accumulate_pair<kMode, true>(brow + j * per_out, mirror_of(bias_out, j), t.dgram, t.bs, i, c, b, k_out);
           }
         }
         continue;
       }
-      if (kMode == OutputMode::kTrace && grow) {
-        // The common K = 1 / trace case as one vectorisable loop.
-        const scalar_t* drow = dgram + i * b.cols;
+      if constexpr (kMode == OutputMode::kTrace) {
+        // The common K = 1 / trace case: one vectorisable loop per layer over
+        // the row of out, which stays in cache between layers.
         scalar_t* o = orow + b.col0;
-        for (int64_t c = 0; c < direct_cols; ++c)
-          o[c] += (bias_scale + weight_scale * grow[c]) * drow[c];
-      } else {
-        for (int64_t c = 0; c < direct_cols; ++c) {
-          const scalar_t s = bias_scale + (grow ? weight_scale * grow[c] : scalar_t(0));
-          accumulate_pair<kMode, false>(orow + (b.col0 + c) * per_out, static_cast<scalar_t*>(nullptr), dgram, s, i, c, b, k_out);
+        for (const Term<scalar_t>& t : terms) {
+          const scalar_t* drow = t.dgram + i * b.cols;
+          if (t.gram) {
+            const scalar_t* grow = t.gram + i * b.cols;
+            for (int64_t c = first; c < mirror_from; ++c) o[c] += (t.bs + t.ws * grow[c]) * drow[c];
+          } else {
+            for (int64_t c = first; c < mirror_from; ++c) o[c] += t.bs * drow[c];
+          }
         }
+      } else {
+        for (int64_t c = first; c < mirror_from; ++c)
+          accumulate_terms<kMode, false>(orow + (b.col0 + c) * per_out, static_cast<scalar_t*>(nullptr), terms,
+                                         i, c, b, k_out);
       }
-      for (int64_t c = direct_cols; c < b.cols; ++c) {
+      for (int64_t c = mirror_from; c < b.cols; ++c) {
         const int64_t j = b.col0 + c;
-        const scalar_t s = bias_scale + (grow ? weight_scale * grow[c] : scalar_t(0));
-        accumulate_pair<kMode, true>(orow + j * per_out, out + (j * n2 + gi) * per_out, dgram, s, i, c,
-                                     b, k_out);
+        accumulate_terms<kMode, true>(orow + j * per_out, mirror_of(out, j), terms, i, c, b, k_out);
       }
     }
   });
 }
 
+// The shared driver of both ops: layers in passes of up to kMaxFusedLayers,
+// rows in blocks, each block's Grams by GEMM, then one epilogue per block.
+void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_out, at::TensorList a1,
+                       at::TensorList a2, at::TensorList d1, at::TensorList d2,
+                       at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
+  TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
+  const int64_t n_layers = static_cast<int64_t>(a1.size());
+  if (out.numel() == 0 || n_layers == 0) return;
+  const int64_t n1 = a1[0].size(0), n2 = a2[0].size(0), k_out = d1[0].size(1);
+  const bool symmetric = same_sides(a1, a2, d1, d2);
+
+  // Per layer: contiguous left factors, and the right-hand factors laid out
+  // once (blocks take column slices).
+  std::vector<at::Tensor> a1c, a2t, d1c, d2r;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    a1c.push_back(a1[l].contiguous());
+    a2t.push_back(symmetric ? a1c.back().t() : a2[l].contiguous().t());  // (p, N2)
+    d1c.push_back(d1[l].contiguous());
+    d2r.push_back(delta_gram_right(mode, symmetric ? d1c.back() : d2[l].contiguous()));
+  }
+  const int64_t per_out = out_per_pair(mode, k_out);
+  // Summing layers in one pass pays on CPU only in the symmetric case, where
+  // it cuts the mirror's scattered (column-order) writes by the number of
+  // layers (measured 1.0-1.5x); elsewhere the GEMMs dominate and fused passes,
+  // with their smaller blocks, measured 0.95-1.0x.
+  const int64_t max_layers = symmetric ? kMaxFusedLayers : 1;
+  const int64_t budget = symmetric ? 4 * kBlockElements : kBlockElements;
+  BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, budget, kMinRows, max_layers);
+  if (symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (n1 + 7) / 8));
+
+  for (int64_t l0 = 0; l0 < n_layers; l0 += plan.layers) {
+    const int64_t l1 = std::min(n_layers, l0 + plan.layers);
+    for (int64_t row0 = 0; row0 < n1; row0 += plan.rows) {
+      const Block b = make_block(row0, std::min(plan.rows, n1 - row0), n2, symmetric);
+      std::vector<at::Tensor> grams, dgrams;
+      for (int64_t l = l0; l < l1; ++l) {
+        grams.push_back(weight_scales[l] != 0.0
+                            ? at::matmul(a1c[l].narrow(0, row0, b.rows), a2t[l].narrow(1, b.col0, b.cols)).contiguous()
+                            : at::Tensor());
+        dgrams.push_back(delta_gram(mode, d1c[l].narrow(0, row0, b.rows), d2r[l], b.col0, b.cols));
+      }
+      AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {
+        std::vector<Term<scalar_t>> terms;
+        for (int64_t l = l0; l < l1; ++l) {
+          const at::Tensor& g = grams[l - l0];
+          terms.push_back({g.defined() ? g.data_ptr<scalar_t>() : nullptr, dgrams[l - l0].data_ptr<scalar_t>(),
+                           static_cast<scalar_t>(weight_scales[l]), static_cast<scalar_t>(bias_scales[l])});
+        }
+        scalar_t* o = out.data_ptr<scalar_t>();
+        scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
+        switch (mode) {
+          case OutputMode::kFull: accumulate_block<OutputMode::kFull>(o, ob, terms, b, n2, k_out); break;
+          case OutputMode::kTrace: accumulate_block<OutputMode::kTrace>(o, ob, terms, b, n2, k_out); break;
+          case OutputMode::kPerOutput: accumulate_block<OutputMode::kPerOutput>(o, ob, terms, b, n2, k_out); break;
+        }
+      });
+    }
+  }
+}
+
 }  // namespace
 
-void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1,
-                        const at::Tensor& a2, const at::Tensor& d1,
-                        const at::Tensor& d2, double weight_scale,
-                        double bias_scale, c10::string_view outputs,
+void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& d1,
+                        const at::Tensor& d2, double weight_scale, double bias_scale, c10::string_view outputs,
                         const std::optional<at::Tensor>& bias_out) {
   const OutputMode mode = parse_outputs(outputs);
   check_ntk_accumulate(out, a1, a2, d1, d2, mode);
   if (bias_out) check_bias_out(out, *bias_out);
-  TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
-  const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1);
-  if (out.numel() == 0) return;
-  const bool symmetric = a1.is_same(a2) && d1.is_same(d2);
+  accumulate_layers(out, bias_out, {a1}, {a2}, {d1}, {d2}, {weight_scale}, {bias_scale}, mode);
+}
 
-  const at::Tensor a1c = a1.contiguous(), a2c = symmetric ? a1c : a2.contiguous();
-  const at::Tensor d1c = d1.contiguous(), d2c = symmetric ? d1c : d2.contiguous();
-  // The right-hand Gram factors, laid out once; blocks take column slices.
-  const at::Tensor a2t = a2c.t();  // (p, N2)
-  const at::Tensor d2_right = delta_gram_right(mode, d2c);
-  const int64_t per_row = n2 * (mode == OutputMode::kFull ? k_out * k_out
-                                : mode == OutputMode::kPerOutput ? k_out : 1);
-  int64_t block = std::max<int64_t>(1, kBlockElements / std::max<int64_t>(1, per_row));
-  // Smaller blocks skip more of the lower triangle; keep the GEMMs reasonably tall.
-  // Below 128 rows the extra GEMM calls cost more than the triangle saves.
-  if (symmetric) block = std::min(block, std::max<int64_t>(128, (n1 + 7) / 8));
-
-  for (int64_t row0 = 0; row0 < n1; row0 += block) {
-    Block b;
-    b.row0 = row0;
-    b.rows = std::min(block, n1 - row0);
-    b.col0 = symmetric ? row0 : 0;
-    b.cols = n2 - b.col0;
-    b.mirror0 = symmetric ? row0 + b.rows : n2;
-    at::Tensor gram;
-    if (weight_scale != 0.0)
-      gram = at::matmul(a1c.narrow(0, row0, b.rows), a2t.narrow(1, b.col0, b.cols)).contiguous();
-    const at::Tensor dgram = delta_gram(mode, d1c.narrow(0, row0, b.rows), d2_right, b.col0, b.cols);
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {
-      scalar_t* o = out.data_ptr<scalar_t>();
-      scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
-      const scalar_t* g = gram.defined() ? gram.data_ptr<scalar_t>() : nullptr;
-      const scalar_t* dg = dgram.data_ptr<scalar_t>();
-      const auto ws = static_cast<scalar_t>(weight_scale), bs = static_cast<scalar_t>(bias_scale);
-      switch (mode) {
-        case OutputMode::kFull:
-          accumulate_block<OutputMode::kFull>(o, ob, g, dg, b, n2, k_out, ws, bs); break;
-        case OutputMode::kTrace:
-          accumulate_block<OutputMode::kTrace>(o, ob, g, dg, b, n2, k_out, ws, bs); break;
-        case OutputMode::kPerOutput:
-          accumulate_block<OutputMode::kPerOutput>(o, ob, g, dg, b, n2, k_out, ws, bs); break;
-      }
-    });
-  }
+void ntk_accumulate_layers_cpu(at::Tensor out, at::TensorList a1, at::TensorList a2, at::TensorList d1,
+                               at::TensorList d2, at::ArrayRef<double> weight_scales,
+                               at::ArrayRef<double> bias_scales, c10::string_view outputs) {
+  const OutputMode mode = parse_outputs(outputs);
+  check_ntk_accumulate_layers(out, a1, a2, d1, d2, weight_scales, bias_scales, mode);
+  accumulate_layers(out, std::nullopt, a1, a2, d1, d2, weight_scales, bias_scales, mode);
 }
 
 TORCH_LIBRARY_IMPL(fastntk, CPU, m) {
   m.impl("ntk_accumulate", &ntk_accumulate_cpu);
+  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_cpu);
 }
 
 }  // namespace fastntk
