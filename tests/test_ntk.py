@@ -80,8 +80,56 @@ def test_x2_none_equals_x1_and_is_symmetric(device):
     x = inputs(6, 5, device)
     sym = fastntk.ntk(net, x)
     torch.testing.assert_close(sym, fastntk.ntk(net, x, x.clone()), rtol=1e-13, atol=0)
-    torch.testing.assert_close(sym, sym.permute(1, 0, 3, 2), rtol=1e-13, atol=1e-15)
+    assert torch.equal(sym, sym.permute(1, 0, 3, 2))
     assert rel_err(sym, oracle_ntk(net, x)) <= TOL[torch.float64]
+
+
+@pytest.mark.parametrize("outputs", OUTPUTS)
+def test_symmetric_is_exact_over_several_row_blocks(device, outputs):
+    """x2 = None on enough inputs for several row blocks and passes: exactly
+    symmetric, and equal to the two-sided computation."""
+    net = make_mlp([3, 4, 4, 2], "relu", device=device)
+    x = inputs(300, 3, device)
+    sym = fastntk.ntk(net, x, outputs=outputs)
+    t = sym.transpose(0, 1)
+    assert torch.equal(sym, t.transpose(2, 3) if outputs == "full" else t)
+    assert rel_err(sym, fastntk.ntk(net, x, x.clone(), outputs=outputs)) <= 1e-12
+
+
+def _record_layer_groups(monkeypatch):
+    calls = []
+    original = fastntk._ops.ntk_accumulate_layers
+
+    def recording(out, a1, *rest):
+        calls.append(len(a1))
+        original(out, a1, *rest)
+
+    monkeypatch.setattr(fastntk._ops, "ntk_accumulate_layers", recording)
+    return calls
+
+
+def test_layers_share_one_pass_when_the_output_is_large(device, monkeypatch):
+    """Many inputs, narrow layers: every layer's signals together are smaller
+    than out, so all go to one ntk_accumulate_layers call; still exact."""
+    net = make_mlp([3, 4, 5, 4, 3], "tanh", device=device)
+    x1, x2 = inputs(200, 3, device), inputs(150, 3, device, seed=2)
+    calls = _record_layer_groups(monkeypatch)
+    for outputs in OUTPUTS:
+        calls.clear()
+        got = fastntk.ntk(net, x1, x2, outputs=outputs)
+        assert calls == [4], outputs
+        assert rel_err(got, reduce_outputs(oracle_ntk(net, x1, x2), outputs)) <= TOL[torch.float64]
+
+
+def test_layers_go_one_at_a_time_when_the_output_is_small(device, monkeypatch):
+    """Wide layers, few inputs: caching signals would cost more than out,
+    so each layer is added as the backward pass reaches it."""
+    net = make_mlp([3, 64, 64, 1], "relu", device=device)
+    x = inputs(4, 3, device)
+    calls = _record_layer_groups(monkeypatch)
+    got = fastntk.ntk(net, x, outputs="trace")
+    assert calls == [1, 1, 1]
+    assert rel_err(got, reduce_outputs(oracle_ntk(net, x), "trace")) <= TOL[torch.float64]
 
 
 SEQUENTIALS = {

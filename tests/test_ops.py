@@ -246,6 +246,127 @@ class TestNtkAccumulate:
             torch.ops.fastntk.ntk_accumulate(z(3, 2).t(), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
 
 
+# (N1, N2, K, [(p, n) per layer]): one layer, several, more than one pass
+# (8 layers per pass), a layer of width 1, zero-size batches.
+LAYERS_SHAPES = [(5, 3, 3, [(7, 6)]), (4, 6, 1, [(2, 9), (9, 4), (4, 1)]), (6, 6, 2, [(3, 2)] * 11),
+                 (1, 2, 4, [(1, 1), (1, 3)]), (0, 3, 2, [(4, 5), (5, 2)]), (3, 0, 2, [(4, 5)])]
+
+
+def layer_tensors(n1, n2, k, dims, device, dtype, symmetric=False, noncontig=False):
+    """(a1, a2, d1, d2, weight_scales, bias_scales) for ntk_accumulate_layers;
+    some layers drop their weight or bias term."""
+    a1 = [rand(n1, p, device=device, dtype=dtype, noncontig=noncontig) for p, _ in dims]
+    d1 = [rand(n1, k, n, device=device, dtype=dtype, noncontig=noncontig) for _, n in dims]
+    a2 = a1 if symmetric else [rand(n2, p, device=device, dtype=dtype) for p, _ in dims]
+    d2 = d1 if symmetric else [rand(n2, k, n, device=device, dtype=dtype) for _, n in dims]
+    ws = [(0.0, 0.7, 1.3)[l % 3] for l in range(len(dims))]
+    bs = [(0.4, 0.0, 0.2)[l % 3] for l in range(len(dims))]
+    return a1, a2, d1, d2, ws, bs
+
+
+class TestNtkAccumulateLayers:
+    @staticmethod
+    def sample_inputs(device, dtype):
+        for i, (n1, n2, k, dims) in enumerate(LAYERS_SHAPES):
+            for outputs in OUTPUTS:
+                yield (rand(*out_shape(outputs, n1, n2, k), device=device, dtype=dtype),
+                       *layer_tensors(n1, n2, k, dims, device, dtype, noncontig=i % 2 == 0), outputs)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_matches_reference(self, device, dtype):
+        for args in self.sample_inputs(device, dtype):
+            got, ref = args[0].clone(), args[0].clone()
+            _ops.ntk_accumulate_layers(got, *args[1:])
+            _reference.ntk_accumulate_layers(ref, *args[1:])
+            if got.numel():
+                assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), args[-1]
+
+    def test_equals_sum_of_single_layers(self, device):
+        """The op is the sum of ntk_accumulate over layers, computed by the
+        compiled kernels both ways."""
+        for args in self.sample_inputs(device, torch.float64):
+            out, (a1, a2, d1, d2, ws, bs, outputs) = args[0], args[1:]
+            fused, looped = out.clone(), out.clone()
+            _ops.ntk_accumulate_layers(fused, a1, a2, d1, d2, ws, bs, outputs)
+            for layer in zip(a1, a2, d1, d2, ws, bs):
+                _ops.ntk_accumulate(looped, *layer, outputs)
+            if out.numel():
+                assert rel_err(fused, looped) <= 1e-12, outputs
+
+    @pytest.mark.parametrize("outputs", OUTPUTS)
+    @pytest.mark.parametrize("n_layers", [3, 10])
+    def test_symmetric_same_tensors(self, device, outputs, n_layers):
+        """a1[l] is a2[l] and d1[l] is d2[l] for every layer: the
+        upper-triangle-and-mirror path over several row blocks (and, with 10
+        layers, two passes), exactly symmetric from a zero start."""
+        n, k = 300, 3
+        dims = [(5, 4), (4, 6), (6, 1)] * (n_layers // 3) + [(6, 2)] * (n_layers % 3)
+        a1, a2, d1, d2, ws, bs = layer_tensors(n, n, k, dims, device, torch.float64, symmetric=True)
+        got = torch.zeros(out_shape(outputs, n, n, k), device=device, dtype=torch.float64)
+        ref = got.clone()
+        _ops.ntk_accumulate_layers(got, a1, a2, d1, d2, ws, bs, outputs)
+        _reference.ntk_accumulate_layers(ref, a1, [t.clone() for t in a2], d1, [t.clone() for t in d2], ws, bs,
+                                         outputs)
+        assert rel_err(got, ref) <= 1e-12
+        transposed = got.transpose(0, 1)
+        assert torch.equal(got, transposed.transpose(2, 3) if outputs == "full" else transposed)
+
+    def test_one_side_shared_is_not_symmetric(self, device):
+        """Only both sides shared in every layer is symmetric: a2 is a1 but
+        d2 differs must not take the mirror path."""
+        n, k = 200, 2
+        a1, _, d1, d2, ws, bs = layer_tensors(n, n, k, [(4, 3), (3, 5)], device, torch.float64)
+        got = torch.zeros(n, n, k, k, device=device, dtype=torch.float64)
+        ref = got.clone()
+        _ops.ntk_accumulate_layers(got, a1, a1, d1, d2, ws, bs, "full")
+        _reference.ntk_accumulate_layers(ref, a1, a1, d1, d2, ws, bs, "full")
+        assert rel_err(got, ref) <= 1e-12
+
+    def test_no_layers_is_a_no_op(self, device):
+        out = rand(3, 2, device=device, dtype=torch.float64)
+        before = out.clone()
+        _ops.ntk_accumulate_layers(out, [], [], [], [], [], [], "trace")
+        assert torch.equal(out, before)
+
+    def test_opcheck(self, device):
+        for args in self.sample_inputs(device, torch.float64):
+            torch.library.opcheck(torch.ops.fastntk.ntk_accumulate_layers.default, args)
+
+    def test_compile(self, device):
+        def f(out, a, d, b):
+            _ops.ntk_accumulate_layers(out, [a, b], [a, b], [d, d], [d, d], [0.5, 1.0], [0.1, 0.0], "full")
+            return out
+        cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+        a, b = rand(3, 4, device=device, dtype=torch.float64), rand(3, 2, device=device, dtype=torch.float64)
+        d = rand(3, 2, 5, device=device, dtype=torch.float64)
+        ref = torch.zeros(3, 3, 2, 2, dtype=torch.float64, device=device)
+        _reference.ntk_accumulate_layers(ref, [a, b], [a, b], [d, d], [d, d], [0.5, 1.0], [0.1, 0.0], "full")
+        torch.testing.assert_close(cf(torch.zeros_like(ref), a, d, b), ref)
+
+    def test_bad_inputs_name_the_layer(self):
+        z = torch.zeros
+        good = (z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5))
+        with pytest.raises(RuntimeError, match=r"layer 1: d2.size\(2\) must equal d1.size\(2\)"):
+            torch.ops.fastntk.ntk_accumulate_layers(z(2, 3), [good[0]] * 2, [good[1]] * 2, [good[2]] * 2,
+                                                    [good[3], z(3, 2, 6)], [1.0, 1.0], [1.0, 1.0], "trace")
+        with pytest.raises(RuntimeError, match=r"layer 0: out must have shape \[2, 3, 2\]"):
+            torch.ops.fastntk.ntk_accumulate_layers(z(2, 3), [good[0]], [good[1]], [good[2]], [good[3]],
+                                                    [1.0], [1.0], "per_output")
+        with pytest.raises(RuntimeError, match="one entry per layer, got lengths 1, 1, 1, 1, 2, 1"):
+            torch.ops.fastntk.ntk_accumulate_layers(z(2, 3), [good[0]], [good[1]], [good[2]], [good[3]],
+                                                    [1.0, 2.0], [1.0], "trace")
+        out = z(2, 3)
+        with pytest.raises(RuntimeError, match="single memory location"):
+            torch.ops.fastntk.ntk_accumulate_layers(out, [out], [z(3, 3)], [good[2]], [good[3]],
+                                                    [1.0], [1.0], "trace")
+
+    def test_refuses_grad(self):
+        a = torch.zeros(2, 4, requires_grad=True)
+        with pytest.raises(RuntimeError, match=r"a1\[0\] requires grad"):
+            _ops.ntk_accumulate_layers(torch.zeros(2, 2), [a], [a.detach()], [torch.zeros(2, 1, 3)],
+                                       [torch.zeros(2, 1, 3)], [1.0], [1.0], "trace")
+
+
 # (N, K, p, n)
 DIAG_SHAPES = [(5, 3, 7, 6), (4, 1, 2, 9), (1, 2, 1, 1), (0, 2, 3, 4)]
 

@@ -1,8 +1,17 @@
-// CUDA ntk_accumulate: out += (weight_scale * A1 A2^T + bias_scale) (.) D1 D2^T,
+// CUDA ntk_accumulate and ntk_accumulate_layers:
+//   out += sum_l (weight_scale_l * A1_l A2_l^T + bias_scale_l) (.) D1_l D2_l^T,
 // with the Hadamard product broadcast over the output axes as the outputs mode
-// asks. Both Grams are cuBLAS GEMMs (at::matmul, so TF32 follows the user's
-// torch.backends.cuda.matmul.allow_tf32); the scale, broadcast and
-// accumulation into out are one fused kernel per row block.
+// asks (ntk_accumulate is the one-layer case). The Grams are cuBLAS GEMMs
+// (at::matmul, so TF32 follows torch.backends.cuda.matmul.allow_tf32); the
+// scale, broadcast and sum over up to kMaxFusedLayers layers are one fused
+// kernel per row block, so out is read and written once per pass of layers,
+// not once per layer. That matters on a GPU: per element of out a layer costs
+// 2n GEMM flops against ~16 bytes of epilogue traffic, so for layers narrower
+// than a few hundred units the epilogue, not the GEMM, bounds the time.
+//
+// When a1 is a2 and d1 is d2 in every layer (x2 = x1) only the pairs (i, j >= i)
+// are computed and mirrored (see Block in ntk_common.h): about half the GEMM
+// and epilogue work, and an exactly symmetric result.
 //
 // Rows of x1 are taken in blocks so that the Gram temporaries of a block
 // together hold at most as many elements as out, and never more than
@@ -14,6 +23,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 
 #include "../ntk_common.h"
 #include "launch.cuh"
@@ -22,101 +32,178 @@ namespace fastntk {
 namespace {
 
 constexpr int64_t kBlockElements = int64_t(1) << 26;
+// Fewer rows per block make the GEMMs inefficient.
+constexpr int64_t kMinRows = 64;
+// Symmetric blocks: smaller ones skip more of the lower triangle, at the
+// price of more, smaller GEMMs.
+constexpr int64_t kMinSymmetricRows = 256;
 
-// One thread per element of the out rows [row0, row0 + rows), in out's
-// memory order, so the read-modify-write of out is coalesced.
-//   gram:  (rows, N2) or nullptr when weight_scale == 0
-//   dgram: trace (rows, N2); per_output (K, rows, N2); full (rows K, N2 K)
+// The layers of one pass, passed to the kernel by value.
+//   gram[t]: (rows, cols), nullptr when ws[t] == 0
+//   dgram[t]: trace (rows, cols); per_output (K, rows, cols); full (rows K, cols K)
 template <typename scalar_t>
-__global__ void ntk_accumulate_kernel(OutputMode mode, scalar_t* __restrict__ out,
-                                      scalar_t* __restrict__ bias_out,
-                                      const scalar_t* __restrict__ gram,
-                                      const scalar_t* __restrict__ dgram,
-                                      int64_t rows, int64_t n2, int64_t k_out,
-                                      scalar_t weight_scale, scalar_t bias_scale) {
-  const int64_t per_out = mode == OutputMode::kFull        ? k_out * k_out
-                          : mode == OutputMode::kPerOutput ? k_out
-                                                           : 1;
-  const int64_t total = rows * n2 * per_out;
+struct Terms {
+  const scalar_t* gram[kMaxFusedLayers];
+  const scalar_t* dgram[kMaxFusedLayers];
+  scalar_t ws[kMaxFusedLayers];
+  scalar_t bs[kMaxFusedLayers];
+  int n;
+};
+
+// One thread per element of the block, in out's memory order, so the
+// read-modify-write of out is coalesced. Sums every layer's weight and bias
+// parts in registers, then adds them to out (the weight part only, and the
+// bias part to bias_out, for the layerwise split).
+template <OutputMode kMode, typename scalar_t>
+__global__ void ntk_accumulate_kernel(scalar_t* __restrict__ out, scalar_t* __restrict__ bias_out,
+                                      const Terms<scalar_t> terms, const Block b, int64_t n2,
+                                      int64_t k_out) {
+  const int64_t per_out = kMode == OutputMode::kFull        ? k_out * k_out
+                          : kMode == OutputMode::kPerOutput ? k_out
+                                                            : 1;
+  const int64_t total = b.rows * b.cols * per_out;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       idx < total; idx += stride) {
-    const int64_t ij = idx / per_out, e = idx - ij * per_out;  // ij = i * N2 + j
-    const scalar_t sw = gram ? weight_scale * gram[ij] : scalar_t(0);
-    scalar_t d;
-    switch (mode) {
-      case OutputMode::kTrace:
-        d = dgram[ij];
-        break;
-      case OutputMode::kPerOutput:
-        d = dgram[e * rows * n2 + ij];
-        break;
-      default: {  // kFull: e = k * K + k'
-        const int64_t i = ij / n2, j = ij - i * n2;
-        const int64_t k = e / k_out, kk = e - k * k_out;
-        d = dgram[(i * k_out + k) * (n2 * k_out) + j * k_out + kk];
-        break;
-      }
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += stride) {
+    const int64_t ic = idx / per_out, e = idx - ic * per_out;  // ic = i * cols + c
+    const int64_t i = ic / b.cols, c = ic - i * b.cols;
+    const int64_t gi = b.row0 + i, j = b.col0 + c;
+    if (b.symmetric && j < gi) continue;  // written by the mirror of (j, gi)
+    // Where this element's delta product sits in every layer's dgram, and
+    // its transposed position over the output axes.
+    int64_t d_off, e_t = e;
+    if constexpr (kMode == OutputMode::kTrace) {
+      d_off = ic;
+    } else if constexpr (kMode == OutputMode::kPerOutput) {
+      d_off = (e * b.rows + i) * b.cols + c;
+    } else {  // e = k * K + k'
+      const int64_t k = e / k_out, kk = e - k * k_out;
+      d_off = (i * k_out + k) * (b.cols * k_out) + c * k_out + kk;
+      e_t = kk * k_out + k;
     }
-    if (bias_out) {  // layerwise split: the two terms into separate outputs
-      out[idx] += sw * d;
-      bias_out[idx] += bias_scale * d;
+    scalar_t weight_part = 0, bias_part = 0;
+    for (int t = 0; t < terms.n; ++t) {
+      const scalar_t d = terms.dgram[t][d_off];
+      if (terms.gram[t]) weight_part += terms.ws[t] * terms.gram[t][ic] * d;
+      bias_part += terms.bs[t] * d;
+    }
+    const int64_t o = (gi * n2 + j) * per_out + e;
+    const int64_t om = (j * n2 + gi) * per_out + e_t;
+    const bool mirror = b.symmetric && j > gi;
+    if (bias_out) {
+      out[o] += weight_part;
+      bias_out[o] += bias_part;
+      if (mirror) {
+        out[om] += weight_part;
+        bias_out[om] += bias_part;
+      }
     } else {
-      out[idx] += (sw + bias_scale) * d;
+      const scalar_t v = weight_part + bias_part;
+      out[o] += v;
+      if (mirror) out[om] += v;
+    }
+  }
+}
+
+template <typename scalar_t>
+void launch_block(OutputMode mode, at::Tensor& out, const std::optional<at::Tensor>& bias_out,
+                  const Terms<scalar_t>& terms, const Block& b, int64_t n2, int64_t k_out,
+                  cudaStream_t stream) {
+  const int64_t numel = b.rows * b.cols * out_per_pair(mode, k_out);
+  scalar_t* o = out.data_ptr<scalar_t>();
+  scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
+  const unsigned int grid = cuda::grid_size(numel);
+  switch (mode) {
+    case OutputMode::kFull:
+      ntk_accumulate_kernel<OutputMode::kFull><<<grid, cuda::kThreads, 0, stream>>>(o, ob, terms, b, n2, k_out);
+      break;
+    case OutputMode::kTrace:
+      ntk_accumulate_kernel<OutputMode::kTrace><<<grid, cuda::kThreads, 0, stream>>>(o, ob, terms, b, n2, k_out);
+      break;
+    case OutputMode::kPerOutput:
+      ntk_accumulate_kernel<OutputMode::kPerOutput><<<grid, cuda::kThreads, 0, stream>>>(o, ob, terms, b, n2, k_out);
+      break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The shared driver of both ops: layers in passes of up to kMaxFusedLayers,
+// rows in blocks, each block's Grams by cuBLAS, then one kernel per block.
+void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_out, at::TensorList a1,
+                       at::TensorList a2, at::TensorList d1, at::TensorList d2,
+                       at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
+  TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
+  const c10::cuda::CUDAGuard device_guard(out.device());
+  const int64_t n_layers = static_cast<int64_t>(a1.size());
+  if (out.numel() == 0 || n_layers == 0) return;
+  const int64_t n1 = a1[0].size(0), n2 = a2[0].size(0), k_out = d1[0].size(1);
+  const bool symmetric = same_sides(a1, a2, d1, d2);
+
+  // Per layer, the right-hand Gram factors laid out once as views; blocks
+  // take row slices of the left-hand ones and column slices of these.
+  std::vector<at::Tensor> a2t, d1c, d2r;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    a2t.push_back(a2[l].t());  // (p, N2)
+    d1c.push_back(d1[l].contiguous());
+    d2r.push_back(delta_gram_right(mode, symmetric ? d1c.back() : d2[l].contiguous()));
+  }
+  const int64_t per_out = out_per_pair(mode, k_out);
+  const int64_t budget = std::min(kBlockElements, out.numel());
+  BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, budget, kMinRows, kMaxFusedLayers);
+  if (symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (n1 + 7) / 8));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  for (int64_t l0 = 0; l0 < n_layers; l0 += plan.layers) {
+    const int64_t l1 = std::min(n_layers, l0 + plan.layers);
+    for (int64_t row0 = 0; row0 < n1; row0 += plan.rows) {
+      const Block b = make_block(row0, std::min(plan.rows, n1 - row0), n2, symmetric);
+      // Kept alive until the kernel has been queued (the caching allocator
+      // reuses their memory only for work queued after it on this stream).
+      std::vector<at::Tensor> grams, dgrams;
+      for (int64_t l = l0; l < l1; ++l) {
+        grams.push_back(weight_scales[l] != 0.0
+                            ? at::matmul(a1[l].narrow(0, row0, b.rows), a2t[l].narrow(1, b.col0, b.cols)).contiguous()
+                            : at::Tensor());
+        dgrams.push_back(delta_gram(mode, d1c[l].narrow(0, row0, b.rows), d2r[l], b.col0, b.cols));
+      }
+      AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cuda", [&] {
+        Terms<scalar_t> terms{};
+        terms.n = static_cast<int>(l1 - l0);
+        for (int64_t l = l0; l < l1; ++l) {
+          const at::Tensor& g = grams[l - l0];
+          terms.gram[l - l0] = g.defined() ? g.data_ptr<scalar_t>() : nullptr;
+          terms.dgram[l - l0] = dgrams[l - l0].data_ptr<scalar_t>();
+          terms.ws[l - l0] = static_cast<scalar_t>(weight_scales[l]);
+          terms.bs[l - l0] = static_cast<scalar_t>(bias_scales[l]);
+        }
+        launch_block<scalar_t>(mode, out, bias_out, terms, b, n2, k_out, stream);
+      });
     }
   }
 }
 
 }  // namespace
 
-void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1,
-                         const at::Tensor& a2, const at::Tensor& d1,
-                         const at::Tensor& d2, double weight_scale,
-                         double bias_scale, c10::string_view outputs,
+void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& d1,
+                         const at::Tensor& d2, double weight_scale, double bias_scale, c10::string_view outputs,
                          const std::optional<at::Tensor>& bias_out) {
   const OutputMode mode = parse_outputs(outputs);
   check_ntk_accumulate(out, a1, a2, d1, d2, mode);
   if (bias_out) check_bias_out(out, *bias_out);
-  TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
-  const c10::cuda::CUDAGuard device_guard(out.device());
-  const int64_t n1 = a1.size(0), n2 = a2.size(0), k_out = d1.size(1);
-  if (out.numel() == 0) return;
-  const bool with_gram = weight_scale != 0.0;
+  accumulate_layers(out, bias_out, {a1}, {a2}, {d1}, {d2}, {weight_scale}, {bias_scale}, mode);
+}
 
-  // The right-hand Gram factors, laid out once as views; blocks take row
-  // slices of the left-hand ones.
-  const at::Tensor d1c = d1.contiguous(), d2c = d2.contiguous();
-  const at::Tensor a2t = a2.t();  // (p, N2)
-  const at::Tensor d2_right = delta_gram_right(mode, d2c);
-  const int64_t per_out = mode == OutputMode::kFull        ? k_out * k_out
-                          : mode == OutputMode::kPerOutput ? k_out
-                                                           : 1;
-  // Temporary elements per row of out: the delta Gram plus the activation Gram.
-  const int64_t per_row = n2 * per_out + (with_gram ? n2 : 0);
-  const int64_t budget = std::min(kBlockElements, out.numel());
-  const int64_t block = std::max<int64_t>(1, budget / per_row);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
-  for (int64_t row0 = 0; row0 < n1; row0 += block) {
-    const int64_t rows = std::min(block, n1 - row0);
-    at::Tensor gram;
-    if (with_gram) gram = at::matmul(a1.narrow(0, row0, rows), a2t).contiguous();
-    const at::Tensor dgram = delta_gram(mode, d1c.narrow(0, row0, rows), d2_right, 0, n2);
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cuda", [&] {
-      ntk_accumulate_kernel<scalar_t>
-          <<<cuda::grid_size(rows * n2 * per_out), cuda::kThreads, 0, stream>>>(
-              mode, out.data_ptr<scalar_t>() + row0 * n2 * per_out,
-              bias_out ? bias_out->data_ptr<scalar_t>() + row0 * n2 * per_out : nullptr,
-              with_gram ? gram.data_ptr<scalar_t>() : nullptr,
-              dgram.data_ptr<scalar_t>(), rows, n2, k_out,
-              static_cast<scalar_t>(weight_scale), static_cast<scalar_t>(bias_scale));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+void ntk_accumulate_layers_cuda(at::Tensor out, at::TensorList a1, at::TensorList a2, at::TensorList d1,
+                                at::TensorList d2, at::ArrayRef<double> weight_scales,
+                                at::ArrayRef<double> bias_scales, c10::string_view outputs) {
+  const OutputMode mode = parse_outputs(outputs);
+  check_ntk_accumulate_layers(out, a1, a2, d1, d2, weight_scales, bias_scales, mode);
+  accumulate_layers(out, std::nullopt, a1, a2, d1, d2, weight_scales, bias_scales, mode);
 }
 
 TORCH_LIBRARY_IMPL(fastntk, CUDA, m) {
   m.impl("ntk_accumulate", &ntk_accumulate_cuda);
+  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_cuda);
 }
 
 }  // namespace fastntk
