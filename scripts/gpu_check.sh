@@ -142,6 +142,39 @@ for dtype in (torch.float32, torch.float64):
         ops.ntk_diag_accumulate(dout, a1, d1, ws, 0.4, mode)
         ops.ntk_diag_accumulate(dout_cuda, a1.cuda(), d1.cuda(), ws, 0.4, mode)
         close(f"ntk_diag_accumulate {dtype} {mode} {(n1, k, p, n)} ws={ws}", dout_cuda, dout, dtype)
+    # Several layers in one call (more than 8: two passes), two-sided and
+    # symmetric (same tensors: the mirror path, several row blocks), and the
+    # layerwise bias_out split on the symmetric path.
+    for mode, (n1, n2, k), symmetric in itertools.product(
+            ["full", "trace", "per_output"], [(600, 600, 3), (300, 130, 1)], [False, True]):
+        if symmetric and n1 != n2:
+            continue
+        dims = [(13, 7), (7, 1), (1, 20)] * 3 + [(20, 5)]
+        a1 = [r(n1, p) for p, _ in dims]
+        d1 = [r(n1, k, n) for _, n in dims]
+        a2 = a1 if symmetric else [r(n2, p) for p, _ in dims]
+        d2 = d1 if symmetric else [r(n2, k, n) for _, n in dims]
+        ws = [(1.3, 0.0, 0.7)[l % 3] for l in range(len(dims))]
+        bs = [(0.4, 0.2, 0.0)[l % 3] for l in range(len(dims))]
+        shape = {"full": (n1, n2, k, k), "trace": (n1, n2), "per_output": (n1, n2, k)}[mode]
+        out = torch.zeros(shape, dtype=dtype)
+        out_cuda = out.cuda()
+        ops.ntk_accumulate_layers(out, a1, a2, d1, d2, ws, bs, mode)
+        a1c, d1c = [t.cuda() for t in a1], [t.cuda() for t in d1]
+        a2c, d2c = (a1c, d1c) if symmetric else ([t.cuda() for t in a2], [t.cuda() for t in d2])
+        ops.ntk_accumulate_layers(out_cuda, a1c, a2c, d1c, d2c, ws, bs, mode)
+        close(f"ntk_accumulate_layers {dtype} {mode} {(n1, n2, k)} symmetric={symmetric}", out_cuda, out, dtype)
+        if symmetric:
+            t = out_cuda.transpose(0, 1)
+            exact = torch.equal(out_cuda, t.transpose(2, 3) if mode == "full" else t)
+            print(f"  exactly symmetric: {exact}")
+            bad += not exact
+            w_out, b_out = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+            w_cuda, b_cuda = w_out.cuda(), b_out.cuda()
+            ops.ntk_accumulate(w_out, a1[0], a1[0], d1[0], d1[0], 1.3, 0.4, mode, b_out)
+            ops.ntk_accumulate(w_cuda, a1c[0], a1c[0], d1c[0], d1c[0], 1.3, 0.4, mode, b_cuda)
+            close(f"ntk_accumulate bias_out symmetric {dtype} {mode} weight", w_cuda, w_out, dtype)
+            close(f"ntk_accumulate bias_out symmetric {dtype} {mode} bias", b_cuda, b_out, dtype)
 torch.cuda.synchronize()
 print(f"{bad} mismatches")
 sys.exit(1 if bad else 0)
