@@ -42,6 +42,7 @@ import torch
 import fastntk
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fusion_ab import FUSION_CASES, FUSION_LAYERS, SMALL_CASES, fusion_ab  # noqa: E402
 from torchfunc_ntk import empirical_ntk_jacobian_contraction  # noqa: E402
 
 D_IN = 64
@@ -187,57 +188,6 @@ def bench_case(width: int, n: int, k: int, device: torch.device, repeats: int, t
     return row
 
 
-#: (N, layer width, K, outputs) of the fusion A/B: narrow layers, where the
-#: epilogue's traffic over out rivals the GEMMs, and a wider one.
-FUSION_CASES = [(4096, 128, 10, "full"), (16384, 256, 1, "trace"), (2048, 1024, 10, "full")]
-FUSION_LAYERS = 4
-
-
-def fusion_ab(device: torch.device, cases, repeats: int) -> list[dict]:
-    """One pass over out for all layers (ntk_accumulate_layers) against one
-    pass per layer (ntk_accumulate in a loop), on random float32 signals,
-    two-sided and symmetric (x2 = x1). Decides whether fusing layers pays on
-    this device; the CPU kernel fuses only in the symmetric case, the CUDA
-    kernel always (up to 8 layers per pass)."""
-    from fastntk import _ops
-
-    rows = []
-    for n, width, k, outputs in cases:
-        for symmetric in (False, True):
-            gen = torch.Generator(device).manual_seed(0)
-            r = lambda *s: torch.randn(*s, device=device, generator=gen)
-            a1 = [r(n, width) for _ in range(FUSION_LAYERS)]
-            d1 = [r(n, k, width) for _ in range(FUSION_LAYERS)]
-            a2 = a1 if symmetric else [r(n, width) for _ in range(FUSION_LAYERS)]
-            d2 = d1 if symmetric else [r(n, k, width) for _ in range(FUSION_LAYERS)]
-            shape = {"full": (n, n, k, k), "trace": (n, n), "per_output": (n, n, k)}[outputs]
-            row = {"n": n, "width": width, "k": k, "outputs": outputs, "layers": FUSION_LAYERS,
-                   "symmetric": symmetric}
-            try:
-                out = torch.zeros(shape, device=device)
-                ones = [1.0] * FUSION_LAYERS
-
-                def per_layer():
-                    for layer in zip(a1, a2, d1, d2):
-                        _ops.ntk_accumulate(out, *layer, 1.0, 0.1, outputs)
-
-                def fused():
-                    _ops.ntk_accumulate_layers(out, a1, a2, d1, d2, ones, [0.1] * FUSION_LAYERS, outputs)
-
-                row["per_layer_seconds"] = time_call(per_layer, device, repeats)[0]
-                row["fused_seconds"] = time_call(fused, device, repeats)[0]
-                row["speedup"] = row["per_layer_seconds"] / row["fused_seconds"]
-            except Exception as err:  # noqa: BLE001
-                if not _is_oom(err):
-                    raise
-                row["error"] = "OOM"
-            rows.append(row)
-            del a1, a2, d1, d2
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return rows
-
-
 def _cell(result, key: str) -> str:
     if isinstance(result, str):
         return result
@@ -347,7 +297,7 @@ def main(argv=None) -> int:
             print(f"gpu_bench: {json.dumps(row)}", flush=True)
             results.append(row)
 
-    fusion_cases = [(64, 16, 3, "full"), (128, 32, 1, "trace")] if args.small else FUSION_CASES
+    fusion_cases = SMALL_CASES if args.small else FUSION_CASES
     fusion = fusion_ab(device, fusion_cases, args.repeats)
     for row in fusion:
         print(f"gpu_bench: fusion {json.dumps(row)}", flush=True)
