@@ -81,12 +81,60 @@ inline void accumulate_terms(scalar_t* o, scalar_t* om, const std::vector<Term<s
     accumulate_pair<kMode, kMirror>(o, om, t.dgram, t.scale(i, c, b.cols), i, c, b, k_out);
 }
 
+// Symmetric trace blocks: mirroring one element per pair, as the generic loop
+// does, writes a column of out, a cache line per element (measured slower
+// than computing the lower triangle outright). Instead the block's sum over
+// terms is staged as a (rows, cols) tile: rows are added to out as they are,
+// and the part right of the diagonal is added transposed, in square tiles so
+// that both the reads and the writes stay in cache.
+template <typename scalar_t>
+void accumulate_trace_symmetric(scalar_t* out, const std::vector<Term<scalar_t>>& terms, const Block& b,
+                                int64_t n2) {
+  constexpr int64_t kTile = 64;
+  std::vector<scalar_t> stage(static_cast<size_t>(b.rows * b.cols));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, b.cols * static_cast<int64_t>(terms.size())));
+  at::parallel_for(0, b.rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      scalar_t* srow = stage.data() + i * b.cols;
+      for (int64_t c = i; c < b.cols; ++c) srow[c] = scalar_t(0);
+      for (const Term<scalar_t>& t : terms) {
+        const scalar_t* drow = t.dgram + i * b.cols;
+        if (t.gram) {
+          const scalar_t* grow = t.gram + i * b.cols;
+          for (int64_t c = i; c < b.cols; ++c) srow[c] += (t.bs + t.ws * grow[c]) * drow[c];
+        } else {
+          for (int64_t c = i; c < b.cols; ++c) srow[c] += t.bs * drow[c];
+        }
+      }
+      scalar_t* o = out + (b.row0 + i) * n2 + b.col0;  // col0 = row0: c = i is the diagonal
+      for (int64_t c = i; c < b.cols; ++c) o[c] += srow[c];
+    }
+  });
+  // out[col0 + c, row0 + i] += stage[i, c] for c > i; one thread per band of
+  // columns c, so each writes its own rows of out.
+  at::parallel_for(0, (b.cols + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t c0 = tile * kTile, c1 = std::min(b.cols, c0 + kTile);
+      for (int64_t i0 = 0; i0 < std::min(b.rows, c1); i0 += kTile) {
+        const int64_t i1 = std::min(b.rows, i0 + kTile);
+        for (int64_t c = c0; c < c1; ++c) {
+          scalar_t* ocol = out + (b.col0 + c) * n2 + b.row0;
+          for (int64_t i = i0; i < std::min(i1, c); ++i) ocol[i] += stage[i * b.cols + c];
+        }
+      }
+    }
+  });
+}
+
 // out += sum of the terms over one block; with bias_out (one term only), the
 // weight and bias parts go to out and bias_out separately (the layerwise
 // split) from the same delta Gram.
 template <OutputMode kMode, typename scalar_t>
 void accumulate_block(scalar_t* out, scalar_t* bias_out, const std::vector<Term<scalar_t>>& terms,
                       const Block& b, int64_t n2, int64_t k_out) {
+  if constexpr (kMode == OutputMode::kTrace) {
+    if (b.symmetric && !bias_out) return accumulate_trace_symmetric(out, terms, b, n2);
+  }
   const int64_t per_out = out_per_pair(kMode, k_out);
   const int64_t work_per_row = std::max<int64_t>(1, b.cols * per_out * static_cast<int64_t>(terms.size()));
   const int64_t grain = std::max<int64_t>(1, 32768 / work_per_row);
