@@ -11,8 +11,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "checks.h"
 
@@ -324,6 +326,85 @@ inline void check_bias_out(const at::Tensor& out, const at::Tensor& bias_out) {
   TORCH_CHECK(bias_out.is_contiguous(), "bias_out must be contiguous");
   TORCH_CHECK(!bias_out.is_same(out), "bias_out must be a different tensor from out");
   at::assert_no_overlap(out, bias_out);
+}
+
+// bias_out is written while the inputs are still read (row block by row block).
+inline void check_bias_out_inputs(const at::Tensor& bias_out, std::initializer_list<const at::Tensor*> inputs) {
+  for (const at::Tensor* t : inputs) at::assert_no_overlap(bias_out, *t);
+}
+
+// Per layer, the Gram factors of ntk_accumulate(_layers) laid out once: the
+// left ones contiguous (blocks take row slices), the right ones as views
+// (blocks take column slices). Symmetric calls share one layout per layer.
+struct GramFactors {
+  std::vector<at::Tensor> a1, a2t, d1, d2_right;
+};
+
+inline GramFactors gram_factors(at::TensorList a1, at::TensorList a2, at::TensorList d1, at::TensorList d2,
+                                OutputMode mode, bool symmetric) {
+  GramFactors f;
+  for (size_t l = 0; l < a1.size(); ++l) {
+    f.a1.push_back(a1[l].contiguous());
+    f.a2t.push_back(symmetric ? f.a1.back().t() : a2[l].contiguous().t());  // (p, N2)
+    f.d1.push_back(d1[l].contiguous());
+    f.d2_right.push_back(delta_gram_right(mode, symmetric ? f.d1.back() : d2[l].contiguous()));
+  }
+  return f;
+}
+
+// Runs fn(block, l0, l1, grams, dgrams) for every pass of layers [l0, l1) and
+// row block of the plan, with that block's Grams of those layers (grams[t]
+// undefined where layer l0 + t has weight scale 0). The tensors live until
+// fn returns, which on CUDA is enough: the caching allocator reuses their
+// memory only for work queued after fn's kernel on the same stream.
+template <typename Fn>
+void for_each_block(const GramFactors& f, const BlockPlan& plan, int64_t n1, int64_t n2, bool symmetric,
+                    at::ArrayRef<double> weight_scales, OutputMode mode, Fn&& fn) {
+  const int64_t n_layers = static_cast<int64_t>(f.a1.size());
+  for (int64_t l0 = 0; l0 < n_layers; l0 += plan.layers) {
+    const int64_t l1 = std::min(n_layers, l0 + plan.layers);
+    for (int64_t row0 = 0; row0 < n1; row0 += plan.rows) {
+      const Block b = make_block(row0, std::min(plan.rows, n1 - row0), n2, symmetric);
+      std::vector<at::Tensor> grams, dgrams;
+      for (int64_t l = l0; l < l1; ++l) {
+        grams.push_back(weight_scales[l] != 0.0
+                            ? at::matmul(f.a1[l].narrow(0, row0, b.rows), f.a2t[l].narrow(1, b.col0, b.cols))
+                                  .contiguous()
+                            : at::Tensor());
+        dgrams.push_back(delta_gram(mode, f.d1[l].narrow(0, row0, b.rows), f.d2_right[l], b.col0, b.cols));
+      }
+      fn(b, l0, l1, grams, dgrams);
+    }
+  }
+}
+
+// A device's driver: out (+ bias_out) += the layers' terms, inputs checked.
+using AccumulateDriver = void (*)(at::Tensor&, const std::optional<at::Tensor>&, at::TensorList, at::TensorList,
+                                  at::TensorList, at::TensorList, at::ArrayRef<double>, at::ArrayRef<double>,
+                                  OutputMode);
+
+// The entry points of ntk_accumulate and ntk_accumulate_layers for a device:
+// parse and check as both devices must, then run the device's driver.
+template <AccumulateDriver kDriver>
+void ntk_accumulate_entry(at::Tensor out, const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& d1,
+                          const at::Tensor& d2, double weight_scale, double bias_scale, c10::string_view outputs,
+                          const std::optional<at::Tensor>& bias_out) {
+  const OutputMode mode = parse_outputs(outputs);
+  check_ntk_accumulate(out, a1, a2, d1, d2, mode);
+  if (bias_out) {
+    check_bias_out(out, *bias_out);
+    check_bias_out_inputs(*bias_out, {&a1, &a2, &d1, &d2});
+  }
+  kDriver(out, bias_out, {a1}, {a2}, {d1}, {d2}, {weight_scale}, {bias_scale}, mode);
+}
+
+template <AccumulateDriver kDriver>
+void ntk_accumulate_layers_entry(at::Tensor out, at::TensorList a1, at::TensorList a2, at::TensorList d1,
+                                 at::TensorList d2, at::ArrayRef<double> weight_scales,
+                                 at::ArrayRef<double> bias_scales, c10::string_view outputs) {
+  const OutputMode mode = parse_outputs(outputs);
+  check_ntk_accumulate_layers(out, a1, a2, d1, d2, weight_scales, bias_scales, mode);
+  kDriver(out, std::nullopt, a1, a2, d1, d2, weight_scales, bias_scales, mode);
 }
 
 // The expected shape of the per-sample diagonal for N inputs and K outputs.

@@ -233,6 +233,9 @@ class TestNtkAccumulate:
         with pytest.raises(RuntimeError, match="single memory location"):
             torch.ops.fastntk.ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace",
                                              out.view(2, 3))
+        a1 = z(2, 3)  # bias_out would be written while a1 is still read
+        with pytest.raises(RuntimeError, match="single memory location"):
+            torch.ops.fastntk.ntk_accumulate(out, a1, z(3, 3), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", a1)
 
     def test_bad_shapes_and_dtypes(self):
         z = torch.zeros

@@ -200,77 +200,42 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
   const int64_t n1 = a1[0].size(0), n2 = a2[0].size(0), k_out = d1[0].size(1);
   const bool symmetric = same_sides(a1, a2, d1, d2);
 
-  // Per layer: contiguous left factors, and the right-hand factors laid out
-  // once (blocks take column slices).
-  std::vector<at::Tensor> a1c, a2t, d1c, d2r;
-  for (int64_t l = 0; l < n_layers; ++l) {
-    a1c.push_back(a1[l].contiguous());
-    a2t.push_back(symmetric ? a1c.back().t() : a2[l].contiguous().t());  // (p, N2)
-    d1c.push_back(d1[l].contiguous());
-    d2r.push_back(delta_gram_right(mode, symmetric ? d1c.back() : d2[l].contiguous()));
-  }
+  const GramFactors factors = gram_factors(a1, a2, d1, d2, mode, symmetric);
   const int64_t per_out = out_per_pair(mode, k_out);
   // Summing layers in one pass pays on CPU only in the symmetric case, where
   // it cuts the mirror's scattered (column-order) writes by the number of
   // layers (benchmarks/fusion_ab.py: 1.0-1.5x); elsewhere the GEMMs dominate
   // and fused passes, with their smaller blocks, measured 0.95-1.0x.
   const int64_t max_layers = symmetric ? kMaxFusedLayers : 1;
-  const int64_t budget = kBlockElements;
-  BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, budget, kMinRows, max_layers);
+  BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, kBlockElements, kMinRows, max_layers);
   if (symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (n1 + 7) / 8));
 
-  for (int64_t l0 = 0; l0 < n_layers; l0 += plan.layers) {
-    const int64_t l1 = std::min(n_layers, l0 + plan.layers);
-    for (int64_t row0 = 0; row0 < n1; row0 += plan.rows) {
-      const Block b = make_block(row0, std::min(plan.rows, n1 - row0), n2, symmetric);
-      std::vector<at::Tensor> grams, dgrams;
+  for_each_block(factors, plan, n1, n2, symmetric, weight_scales, mode,
+                 [&](const Block& b, int64_t l0, int64_t l1, const std::vector<at::Tensor>& grams,
+                     const std::vector<at::Tensor>& dgrams) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {
+      std::vector<Term<scalar_t>> terms;
       for (int64_t l = l0; l < l1; ++l) {
-        grams.push_back(weight_scales[l] != 0.0
-                            ? at::matmul(a1c[l].narrow(0, row0, b.rows), a2t[l].narrow(1, b.col0, b.cols)).contiguous()
-                            : at::Tensor());
-        dgrams.push_back(delta_gram(mode, d1c[l].narrow(0, row0, b.rows), d2r[l], b.col0, b.cols));
+        const at::Tensor& g = grams[l - l0];
+        terms.push_back({g.defined() ? g.data_ptr<scalar_t>() : nullptr, dgrams[l - l0].data_ptr<scalar_t>(),
+                         static_cast<scalar_t>(weight_scales[l]), static_cast<scalar_t>(bias_scales[l])});
       }
-      AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {
-        std::vector<Term<scalar_t>> terms;
-        for (int64_t l = l0; l < l1; ++l) {
-          const at::Tensor& g = grams[l - l0];
-          terms.push_back({g.defined() ? g.data_ptr<scalar_t>() : nullptr, dgrams[l - l0].data_ptr<scalar_t>(),
-                           static_cast<scalar_t>(weight_scales[l]), static_cast<scalar_t>(bias_scales[l])});
-        }
-        scalar_t* o = out.data_ptr<scalar_t>();
-        scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
-        switch (mode) {
-          case OutputMode::kFull: accumulate_block<OutputMode::kFull>(o, ob, terms, b, n2, k_out); break;
-          case OutputMode::kTrace: accumulate_block<OutputMode::kTrace>(o, ob, terms, b, n2, k_out); break;
-          case OutputMode::kPerOutput: accumulate_block<OutputMode::kPerOutput>(o, ob, terms, b, n2, k_out); break;
-        }
-      });
-    }
-  }
+      scalar_t* o = out.data_ptr<scalar_t>();
+      scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
+      switch (mode) {
+        case OutputMode::kFull: accumulate_block<OutputMode::kFull>(o, ob, terms, b, n2, k_out); break;
+        case OutputMode::kTrace: accumulate_block<OutputMode::kTrace>(o, ob, terms, b, n2, k_out); break;
+        case OutputMode::kPerOutput: accumulate_block<OutputMode::kPerOutput>(o, ob, terms, b, n2, k_out); break;
+      }
+    });
+  });
 }
 
 }  // namespace
 
-void ntk_accumulate_cpu(at::Tensor out, const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& d1,
-                        const at::Tensor& d2, double weight_scale, double bias_scale, c10::string_view outputs,
-                        const std::optional<at::Tensor>& bias_out) {
-  const OutputMode mode = parse_outputs(outputs);
-  check_ntk_accumulate(out, a1, a2, d1, d2, mode);
-  if (bias_out) check_bias_out(out, *bias_out);
-  accumulate_layers(out, bias_out, {a1}, {a2}, {d1}, {d2}, {weight_scale}, {bias_scale}, mode);
-}
-
-void ntk_accumulate_layers_cpu(at::Tensor out, at::TensorList a1, at::TensorList a2, at::TensorList d1,
-                               at::TensorList d2, at::ArrayRef<double> weight_scales,
-                               at::ArrayRef<double> bias_scales, c10::string_view outputs) {
-  const OutputMode mode = parse_outputs(outputs);
-  check_ntk_accumulate_layers(out, a1, a2, d1, d2, weight_scales, bias_scales, mode);
-  accumulate_layers(out, std::nullopt, a1, a2, d1, d2, weight_scales, bias_scales, mode);
-}
-
 TORCH_LIBRARY_IMPL(fastntk, CPU, m) {
-  m.impl("ntk_accumulate", &ntk_accumulate_cpu);
-  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_cpu);
+  m.impl("ntk_accumulate", &ntk_accumulate_entry<accumulate_layers>);
+  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_entry<accumulate_layers>);
 }
 
 }  // namespace fastntk

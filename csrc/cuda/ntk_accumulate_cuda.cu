@@ -14,8 +14,11 @@
 // and epilogue work, and an exactly symmetric result.
 //
 // Rows of x1 are taken in blocks so that the Gram temporaries of a block
-// together hold at most as many elements as out, and never more than
-// kBlockElements (256 MiB in float32): GPU memory goes to out, not scratch.
+// together hold about as many elements as out (at least kMinScratch), and no
+// more than kBlockElements (256 MiB in float32) unless a block of kMinRows
+// rows alone needs more: GPU memory goes to out, not scratch. Mirror writes
+// (x2 = x1) are not coalesced; a shared-memory transpose would fix that, but
+// it needs a GPU to be worth measuring.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -32,6 +35,8 @@ namespace fastntk {
 namespace {
 
 constexpr int64_t kBlockElements = int64_t(1) << 26;
+// Scratch allowed however small out is, so small outputs still fuse layers.
+constexpr int64_t kMinScratch = int64_t(1) << 22;
 // Fewer rows per block make the GEMMs inefficient.
 constexpr int64_t kMinRows = 64;
 // Symmetric blocks: smaller ones skip more of the lower triangle, at the
@@ -139,71 +144,36 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
   const int64_t n1 = a1[0].size(0), n2 = a2[0].size(0), k_out = d1[0].size(1);
   const bool symmetric = same_sides(a1, a2, d1, d2);
 
-  // Per layer, the right-hand Gram factors laid out once as views; blocks
-  // take row slices of the left-hand ones and column slices of these.
-  std::vector<at::Tensor> a2t, d1c, d2r;
-  for (int64_t l = 0; l < n_layers; ++l) {
-    a2t.push_back(a2[l].t());  // (p, N2)
-    d1c.push_back(d1[l].contiguous());
-    d2r.push_back(delta_gram_right(mode, symmetric ? d1c.back() : d2[l].contiguous()));
-  }
+  const GramFactors factors = gram_factors(a1, a2, d1, d2, mode, symmetric);
   const int64_t per_out = out_per_pair(mode, k_out);
-  const int64_t budget = std::min(kBlockElements, out.numel());
+  const int64_t budget = std::min(kBlockElements, std::max(kMinScratch, out.numel()));
   BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, budget, kMinRows, kMaxFusedLayers);
   if (symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (n1 + 7) / 8));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  for (int64_t l0 = 0; l0 < n_layers; l0 += plan.layers) {
-    const int64_t l1 = std::min(n_layers, l0 + plan.layers);
-    for (int64_t row0 = 0; row0 < n1; row0 += plan.rows) {
-      const Block b = make_block(row0, std::min(plan.rows, n1 - row0), n2, symmetric);
-      // Kept alive until the kernel has been queued (the caching allocator
-      // reuses their memory only for work queued after it on this stream).
-      std::vector<at::Tensor> grams, dgrams;
+  for_each_block(factors, plan, n1, n2, symmetric, weight_scales, mode,
+                 [&](const Block& b, int64_t l0, int64_t l1, const std::vector<at::Tensor>& grams,
+                     const std::vector<at::Tensor>& dgrams) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cuda", [&] {
+      Terms<scalar_t> terms{};
+      terms.n = static_cast<int>(l1 - l0);
       for (int64_t l = l0; l < l1; ++l) {
-        grams.push_back(weight_scales[l] != 0.0
-                            ? at::matmul(a1[l].narrow(0, row0, b.rows), a2t[l].narrow(1, b.col0, b.cols)).contiguous()
-                            : at::Tensor());
-        dgrams.push_back(delta_gram(mode, d1c[l].narrow(0, row0, b.rows), d2r[l], b.col0, b.cols));
+        const at::Tensor& g = grams[l - l0];
+        terms.gram[l - l0] = g.defined() ? g.data_ptr<scalar_t>() : nullptr;
+        terms.dgram[l - l0] = dgrams[l - l0].data_ptr<scalar_t>();
+        terms.ws[l - l0] = static_cast<scalar_t>(weight_scales[l]);
+        terms.bs[l - l0] = static_cast<scalar_t>(bias_scales[l]);
       }
-      AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cuda", [&] {
-        Terms<scalar_t> terms{};
-        terms.n = static_cast<int>(l1 - l0);
-        for (int64_t l = l0; l < l1; ++l) {
-          const at::Tensor& g = grams[l - l0];
-          terms.gram[l - l0] = g.defined() ? g.data_ptr<scalar_t>() : nullptr;
-          terms.dgram[l - l0] = dgrams[l - l0].data_ptr<scalar_t>();
-          terms.ws[l - l0] = static_cast<scalar_t>(weight_scales[l]);
-          terms.bs[l - l0] = static_cast<scalar_t>(bias_scales[l]);
-        }
-        launch_block<scalar_t>(mode, out, bias_out, terms, b, n2, k_out, stream);
-      });
-    }
-  }
+      launch_block<scalar_t>(mode, out, bias_out, terms, b, n2, k_out, stream);
+    });
+  });
 }
 
 }  // namespace
 
-void ntk_accumulate_cuda(at::Tensor out, const at::Tensor& a1, const at::Tensor& a2, const at::Tensor& d1,
-                         const at::Tensor& d2, double weight_scale, double bias_scale, c10::string_view outputs,
-                         const std::optional<at::Tensor>& bias_out) {
-  const OutputMode mode = parse_outputs(outputs);
-  check_ntk_accumulate(out, a1, a2, d1, d2, mode);
-  if (bias_out) check_bias_out(out, *bias_out);
-  accumulate_layers(out, bias_out, {a1}, {a2}, {d1}, {d2}, {weight_scale}, {bias_scale}, mode);
-}
-
-void ntk_accumulate_layers_cuda(at::Tensor out, at::TensorList a1, at::TensorList a2, at::TensorList d1,
-                                at::TensorList d2, at::ArrayRef<double> weight_scales,
-                                at::ArrayRef<double> bias_scales, c10::string_view outputs) {
-  const OutputMode mode = parse_outputs(outputs);
-  check_ntk_accumulate_layers(out, a1, a2, d1, d2, weight_scales, bias_scales, mode);
-  accumulate_layers(out, std::nullopt, a1, a2, d1, d2, weight_scales, bias_scales, mode);
-}
-
 TORCH_LIBRARY_IMPL(fastntk, CUDA, m) {
-  m.impl("ntk_accumulate", &ntk_accumulate_cuda);
-  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_cuda);
+  m.impl("ntk_accumulate", &ntk_accumulate_entry<accumulate_layers>);
+  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_entry<accumulate_layers>);
 }
 
 }  // namespace fastntk
