@@ -204,7 +204,7 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
   const int64_t per_out = out_per_pair(mode, k_out);
   // Summing layers in one pass pays on CPU only in the symmetric case, where
   // it cuts the mirror's scattered (column-order) writes by the number of
-  // layers (benchmarks/fusion_ab.py: 1.0-1.5x); elsewhere the GEMMs dominate
+  // layers (benchmarks/fusion_ab.py: 1.06-1.15x); elsewhere the GEMMs dominate
   // and fused passes, with their smaller blocks, measured 0.95-1.0x.
   const int64_t max_layers = symmetric ? kMaxFusedLayers : 1;
   BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, kBlockElements, kMinRows, max_layers);
