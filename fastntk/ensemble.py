@@ -36,7 +36,6 @@ Example::
 from __future__ import annotations
 
 import math
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -44,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ._progress import progress_bar
 from ._reference import ACTIVATIONS, activation_derivative
 from .models import PARAMETRIZATIONS, Activation, _check_widths
 from .ntk import _check_outputs
@@ -443,14 +443,6 @@ def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor
     return out
 
 
-def _use_progress(progress, n_chunks: int) -> bool:
-    if progress is None:
-        return n_chunks > 1 and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be None (auto), True or False; got {progress!r}")
-    return progress
-
-
 def ensemble_ntk(
     widths: Sequence[int],
     x1: torch.Tensor,
@@ -544,11 +536,8 @@ def ensemble_ntk(
     elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (inits per batched call) or None; got {chunk!r}")
     starts = list(range(0, len(seeds), chunk))
-    bar = None
-    if _use_progress(progress, len(starts)):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(seeds), unit="init", desc=f"ensemble NTK {len(widths) - 1} layers")
+    bar = progress_bar(progress, len(seeds), f"ensemble NTK {len(widths) - 1} layers", worth_it=len(starts) > 1,
+                       unit="init")
     phi = Activation(activation)
     acc = _Accumulator(layerwise, levels, keep, len(seeds))
     try:
@@ -561,11 +550,9 @@ def ensemble_ntk(
                 bs = None if bs is None else [b.to(device=device, dtype=dtype) for b in bs]
                 lw = _chunk_kernels(ws, bs, scales, bias_scales, phi, x, n1, k, outputs)
                 acc.add(lw if layerwise else lw.sum((1, 2)))
-                if bar is not None:
-                    bar.update(len(part))
+                bar.update(len(part))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     settings = {"widths": widths, "activation": activation, "parametrization": parametrization,
                 "sigma_w": sigma_w, "sigma_b": sigma_b, "bias": bias, "outputs": outputs,
                 "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk}

@@ -35,12 +35,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ._progress import progress_bar
 from .ensemble import bootstrap_dispersion, ensemble_ntk, ensemble_stats
 from .models import PARAMETRIZATIONS
 from ._reference import ACTIVATIONS
@@ -200,16 +200,6 @@ def _per_init_layerwise(widths, x, seeds, sigma_w2s, *, activation, parametrizat
     return {v: ensemble_ntk(widths, x, sigma_w=math.sqrt(v), **common).kernels for v in sigma_w2s}
 
 
-def _progress(total: int, desc: str, progress):
-    if progress is None:
-        progress = total > 1 and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc)
-
-
 # ---------------------------------------------------------------------------
 # dispersion
 
@@ -267,7 +257,7 @@ def dispersion(
     seeds = list(range(seed, seed + n_inits))
     phases = {v: phase_of(v, activation, sigma_b) for v in sigma_w2s}
     rows = []
-    bar = _progress(len(widths) * len(depths), "dispersion", progress)
+    bar = progress_bar(progress, len(widths) * len(depths), "dispersion", worth_it=len(widths) * len(depths) > 1)
     for width in widths:
         x = sphere_inputs(width, cosines)
         for depth in depths:
@@ -288,10 +278,8 @@ def dispersion(
                         "dispersion_lo": lo[i].item(), "dispersion_hi": hi[i].item(),
                         "infinite_mean": math.nan if inf is None else inf[0, i + 1].item(),
                     })
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+            bar.update()
+    bar.close()
     return rows
 
 
@@ -468,7 +456,7 @@ def convergence(
     seeds = list(range(seed, seed + n_inits))
     phases = {v: phase_of(v, activation, sigma_b) for v in sigma_w2s}
     rows = []
-    bar = _progress(len(widths) * len(depths), "convergence", progress)
+    bar = progress_bar(progress, len(widths) * len(depths), "convergence", worth_it=len(widths) * len(depths) > 1)
     for depth in depths:
         for width in widths:
             net = [n0] + [width] * depth + [1]
@@ -486,10 +474,8 @@ def convergence(
                     "rel_dist": d.mean().item(), "rel_dist_se": (d.std() / math.sqrt(len(d))).item(),
                     "rel_dist_of_mean": ((emp.mean(0) - inf).norm() / norm).item(),
                 })
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+            bar.update()
+    bar.close()
     rates = {(r["depth"], r["sigma_w2"]): r["slope"] for r in convergence_rates(rows)}
     for r in rows:
         r["slope"] = rates[(r["depth"], r["sigma_w2"])]

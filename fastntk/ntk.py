@@ -33,12 +33,12 @@ import contextlib
 import functools
 import dataclasses
 import enum
-import sys
 
 import torch
 from torch import nn
 
 from . import _ops
+from ._progress import check_progress, progress_bar
 from .models import DenseLayer, parse_model
 
 
@@ -178,19 +178,13 @@ def _layer_signals(layers: list[DenseLayer], x: torch.Tensor, hs: list[torch.Ten
                                         *layers[l - 1].activation.op_args())
 
 
-def _progress(pairs, layers: list[DenseLayer], n_pairs: int, outputs: str, show: bool | None):
-    """Wrap the per-layer loop in a tqdm bar when asked, or when the Grams are
-    large enough to take a while (auto only on a terminal)."""
-    if show is None:
-        k = layers[-1].fan_out
-        k_factor = k * k if outputs == "full" else k
-        flops = 2 * n_pairs * sum(l.fan_in + k_factor * l.fan_out for l in layers)
-        show = flops > 1e11 and sys.stderr.isatty()
-    if not show:
-        return pairs
-    from tqdm.auto import tqdm
-
-    return tqdm(pairs, total=len(layers), desc="fastntk.ntk layers", unit="layer")
+def _progress_bar(layers: list[DenseLayer], n_pairs: int, outputs: str, progress: bool | None):
+    """A bar counting layers as they are added to the output; by default only
+    when the Grams are large enough to take a while (> 1e11 flops)."""
+    k = layers[-1].fan_out
+    k_factor = k * k if outputs == "full" else k
+    flops = 2 * n_pairs * sum(l.fan_in + k_factor * l.fan_out for l in layers)
+    return progress_bar(progress, len(layers), "fastntk.ntk layers", worth_it=flops > 1e11, unit="layer")
 
 
 def _accumulate(accumulate, out: torch.Tensor, layer: DenseLayer, layerwise: bool, l: int, *tensors,
@@ -257,8 +251,7 @@ def ntk(
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)
     _check_flag("allow_tf32", allow_tf32)
-    if progress is not None:
-        _check_flag("progress", progress)
+    check_progress(progress)
     x1 = _check_input("x1", x1, layers)
     symmetric = x2 is None
     x2 = x1 if symmetric else _check_input("x2", x2, layers)
@@ -276,17 +269,21 @@ def ntk(
             (l, a1, a2, d1, d2)
             for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, _forward(layers, x2)))
         )
-        pairs = _progress(pairs, layers, n1 * n2, outputs, progress)
-        if layerwise:
-            accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
-            for l, a1, a2, d1, d2 in pairs:
-                _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
-        else:
-            _accumulate_fused(out, layers, pairs, outputs)
+        bar = _progress_bar(layers, n1 * n2, outputs, progress)
+        try:
+            if layerwise:
+                accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
+                for l, a1, a2, d1, d2 in pairs:
+                    _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
+                    bar.update(1)
+            else:
+                _accumulate_fused(out, layers, pairs, outputs, bar)
+        finally:
+            bar.close()
     return out
 
 
-def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str) -> None:
+def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str, bar) -> None:
     """Add every layer's term to out, caching layers' signals until they hold
     as many elements as out and then adding them in one pass over out
     (:func:`fastntk._ops.ntk_accumulate_layers`). When out is large (many
@@ -301,6 +298,7 @@ def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, output
             ls, a1, a2, d1, d2 = zip(*pending)
             _ops.ntk_accumulate_layers(out, a1, a2, d1, d2, [layers[l].scale ** 2 for l in ls],
                                        [layers[l].bias_scale ** 2 for l in ls], outputs)
+            bar.update(len(pending))
             pending.clear()
 
     for l, a1, a2, d1, d2 in pairs:

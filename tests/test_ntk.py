@@ -255,9 +255,14 @@ def test_progress_bar(capsys):
     quiet = fastntk.ntk(net, x, progress=False)
     assert capsys.readouterr().err == ""
     shown = fastntk.ntk(net, x, progress=True)
-    assert "fastntk.ntk layers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fastntk.ntk layers" in err and "3/3" in err  # layers counted as they reach the output
     torch.testing.assert_close(shown, quiet, rtol=0, atol=0)
-    with pytest.raises(TypeError, match="progress must be a bool"):
+    fastntk.ntk(net, inputs(200, 5), progress=True)  # all three layers in one fused pass
+    assert "3/3" in capsys.readouterr().err
+    fastntk.ntk(net, x, layerwise=True, progress=True)
+    assert "3/3" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="progress must be None \(auto\), True or False"):
         fastntk.ntk(net, x, progress="yes")
 
 
