@@ -285,11 +285,12 @@ def ntk(
 
 def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str, bar) -> None:
     """Add every layer's term to out, caching layers' signals until they hold
-    as many elements as out and then adding them in one pass over out
-    (:func:`fastntk._ops.ntk_accumulate_layers`). When out is large (many
-    inputs, K outputs, narrow layers) its traffic rivals the GEMMs, and this
-    reads and writes it once instead of L times; when it is small, layers go
-    one at a time and only two layers of signals are alive, as before."""
+    as many elements as out and then adding them in one call
+    (:func:`fastntk._ops.ntk_accumulate_layers`), whose kernels can then read
+    and write out once for several layers instead of once per layer (CUDA
+    always, CPU when x2 = x1). That matters when out is large (many inputs,
+    K outputs, narrow layers); when it is small, layers go one at a time and
+    only two layers of signals are alive. ``bar`` counts layers added."""
     pending: list[tuple] = []
     cached = 0
 
