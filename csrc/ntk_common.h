@@ -254,6 +254,8 @@ inline void check_ntk_accumulate_layers(const at::Tensor& out, at::TensorList a1
               "a1, a2, d1, d2, weight_scales and bias_scales must all have one entry per layer, got lengths ",
               a1.size(), ", ", a2.size(), ", ", d1.size(), ", ", d2.size(), ", ", weight_scales.size(),
               ", ", bias_scales.size());
+  FASTNTK_CHECK_FLOATING(out);
+  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
   for (size_t l = 0; l < n_layers; ++l) {
     try {
       check_ntk_accumulate(out, a1[l], a2[l], d1[l], d2[l], mode);

@@ -253,7 +253,12 @@ def _ntk_accumulate_fake(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs,
     expected = _out_shape(outputs, a1.shape[0], a2.shape[0], d1.shape[1])
     _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got shape {tuple(out.shape)}")
     _fake_check(a2.shape[1] == a1.shape[1], "a2.size(1) must equal a1.size(1)")
+    _fake_check(d1.shape[0] == a1.shape[0], "d1.size(0) must equal a1.size(0)")
+    _fake_check(d2.shape[0] == a2.shape[0], "d2.size(0) must equal a2.size(0)")
     _fake_check(tuple(d2.shape[1:]) == tuple(d1.shape[1:]), "d2.size(1), d2.size(2) must equal those of d1")
+    for t in (a1, a2, d1, d2):
+        _fake_check(t.dtype == out.dtype, f"a1, a2, d1, d2 must have the dtype of out ({out.dtype}), got {t.dtype}")
+        _fake_check(t.device == out.device, f"a1, a2, d1, d2 must be on the device of out ({out.device}), got {t.device}")
     return None
 
 

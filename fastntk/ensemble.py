@@ -483,8 +483,8 @@ def ensemble_ntk(
         the normal case of a few inputs); None for none.
     chunk : inits per batched call (default: as many as fit in ~256 MB).
     keep : return every per-init kernel in ``kernels``.
-    progress : tqdm bar over chunks: None = when there is more than one chunk
-        and stderr is a terminal; True / False to force.
+    progress : tqdm bar counting inits: None = when there is more than one
+        chunk and stderr is a terminal; True / False to force.
     device : where the GEMMs run (default: x1's device). Weights are drawn
         on the CPU, as :class:`fastntk.MLP` draws them, then moved.
     dtype : float64 (default) or float32 for the network and kernels;

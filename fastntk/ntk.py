@@ -17,10 +17,13 @@ propagates the signals delta^l = d f_k / d h^l for all K outputs at once
 (:func:`fastntk._ops.backprop_delta`), and each layer adds
 ``(c_l^2 a^{l-1} a'^{l-1 T} + beta_l^2) (.) <delta^l, delta'^l>`` to the
 output (:func:`fastntk._ops.ntk_accumulate_layers`). Layers are accumulated
-as the backward pass reaches them; consecutive layers whose signals together
-hold fewer elements than the output are added in one pass over it. Memory:
-the pre-activations, at most max(output, two layers) of signals, and the
-output, O(N sum n_l + N K max n_l) + output, instead of a Jacobian's O(N K P).
+as the backward pass reaches them; where the kernels can add several layers
+in one pass over the output (CUDA; CPU when x2 = x1), consecutive layers are
+cached until their activations and signals reach the output's size and then
+added together. Memory: the pre-activations, the output, and at most the
+output's size plus one layer of signals (two layers when the output is
+smaller): O(N sum n_l + N K max n_l) + 2 x output at most, instead of a
+Jacobian's O(N K P).
 
 Conventions: ``outputs="trace"`` is the *sum* over outputs (neural-tangents'
 ``trace_axes`` averages instead: divide by K to compare). The full kernel is
@@ -277,20 +280,26 @@ def ntk(
                     _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
                     bar.update(1)
             else:
-                _accumulate_fused(out, layers, pairs, outputs, bar)
+                # The CPU kernel fuses layers only for x2 = x1 (measured: no gain
+                # otherwise), so caching signals would there cost memory for nothing.
+                fuses = symmetric or out.device.type != "cpu"
+                _accumulate_fused(out, layers, pairs, outputs, bar, cache_limit=out.numel() if fuses else 0)
         finally:
             bar.close()
     return out
 
 
-def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str, bar) -> None:
-    """Add every layer's term to out, caching layers' signals until they hold
-    as many elements as out and then adding them in one call
-    (:func:`fastntk._ops.ntk_accumulate_layers`), whose kernels can then read
-    and write out once for several layers instead of once per layer (CUDA
-    always, CPU when x2 = x1). That matters when out is large (many inputs,
-    K outputs, narrow layers); when it is small, layers go one at a time and
-    only two layers of signals are alive. ``bar`` counts layers added."""
+def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str, bar,
+                      cache_limit: int) -> None:
+    """Add every layer's term to out, caching consecutive layers' activations
+    and signals while they hold fewer than ``cache_limit`` elements, then
+    adding the group (the layer that reaches the limit included) in one call
+    (:func:`fastntk._ops.ntk_accumulate_layers`), whose kernels then read and
+    write out once for several layers instead of once per layer. That matters
+    when out is large (many inputs, K outputs, narrow layers). The cache peaks
+    below cache_limit plus one layer; with cache_limit = 0 (or small), layers
+    go one at a time and only two layers of signals are alive. ``bar`` counts
+    layers added."""
     pending: list[tuple] = []
     cached = 0
 
@@ -305,7 +314,7 @@ def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, output
     for l, a1, a2, d1, d2 in pairs:
         pending.append((l, a1, a2, d1, d2))
         cached += sum(t.numel() for t in {id(t): t for t in (a1, a2, d1, d2)}.values())
-        if cached >= out.numel():
+        if cached >= cache_limit:
             flush()
             cached = 0
     flush()

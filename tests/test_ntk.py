@@ -88,12 +88,15 @@ def test_x2_none_equals_x1_and_is_symmetric(device):
 def test_symmetric_is_exact_over_several_row_blocks(device, outputs):
     """x2 = None on enough inputs for several row blocks and passes: exactly
     symmetric, and equal to the two-sided computation."""
-    net = make_mlp([3, 4, 4, 2], "relu", device=device)
+    net = make_mlp([3, 16, 16, 10], "tanh", device=device)
     x = inputs(300, 3, device)
     sym = fastntk.ntk(net, x, outputs=outputs)
     t = sym.transpose(0, 1)
     assert torch.equal(sym, t.transpose(2, 3) if outputs == "full" else t)
     assert rel_err(sym, fastntk.ntk(net, x, x.clone(), outputs=outputs)) <= 1e-12
+    lw = fastntk.ntk(net, x, outputs=outputs, layerwise=True)
+    t = lw.transpose(2, 3)
+    assert torch.equal(lw, t.transpose(4, 5) if outputs == "full" else t)
 
 
 def _record_layer_groups(monkeypatch):
@@ -112,13 +115,19 @@ def test_layers_share_one_pass_when_the_output_is_large(device, monkeypatch):
     """Many inputs, narrow layers: every layer's signals together are smaller
     than out, so all go to one ntk_accumulate_layers call; still exact."""
     net = make_mlp([3, 4, 5, 4, 3], "tanh", device=device)
-    x1, x2 = inputs(200, 3, device), inputs(150, 3, device, seed=2)
+    x = inputs(200, 3, device)
     calls = _record_layer_groups(monkeypatch)
     for outputs in OUTPUTS:
         calls.clear()
-        got = fastntk.ntk(net, x1, x2, outputs=outputs)
+        got = fastntk.ntk(net, x, outputs=outputs)
         assert calls == [4], outputs
-        assert rel_err(got, reduce_outputs(oracle_ntk(net, x1, x2), outputs)) <= TOL[torch.float64]
+        assert rel_err(got, reduce_outputs(oracle_ntk(net, x), outputs)) <= TOL[torch.float64]
+    # Two-sided, the CPU kernel takes a layer per pass anyway: nothing cached.
+    x2 = inputs(150, 3, device, seed=2)
+    calls.clear()
+    got = fastntk.ntk(net, x, x2, outputs="full")
+    assert calls == ([1, 1, 1, 1] if device == "cpu" else [4])
+    assert rel_err(got, oracle_ntk(net, x, x2)) <= TOL[torch.float64]
 
 
 def test_layers_go_one_at_a_time_when_the_output_is_small(device, monkeypatch):
@@ -262,7 +271,7 @@ def test_progress_bar(capsys):
     assert "3/3" in capsys.readouterr().err
     fastntk.ntk(net, x, layerwise=True, progress=True)
     assert "3/3" in capsys.readouterr().err
-    with pytest.raises(TypeError, match="progress must be None \(auto\), True or False"):
+    with pytest.raises(TypeError, match=r"progress must be None \(auto\), True or False"):
         fastntk.ntk(net, x, progress="yes")
 
 

@@ -178,6 +178,19 @@ class TestNtkAccumulate:
             assert rel_err(w_out, w_ref) <= 1e-12, outputs
             assert rel_err(b_out, b_ref) <= 1e-12, outputs
 
+    @pytest.mark.parametrize("outputs", OUTPUTS)
+    def test_bias_out_symmetric_is_exact(self, device, outputs):
+        """The layerwise split on the mirror path: both outputs exactly
+        symmetric (the K x K tiles of diagonal pairs included)."""
+        n, k = 140, 6
+        a, d = rand(n, 4, device=device, dtype=torch.float64), rand(n, k, 7, device=device, dtype=torch.float64)
+        w_out = torch.zeros(out_shape(outputs, n, n, k), device=device, dtype=torch.float64)
+        b_out = torch.zeros_like(w_out)
+        _ops.ntk_accumulate(w_out, a, a, d, d, 0.7, 0.3, outputs, bias_out=b_out)
+        for t in (w_out, b_out):
+            tt = t.transpose(0, 1)
+            assert torch.equal(t, tt.transpose(2, 3) if outputs == "full" else tt)
+
     def test_bias_out_opcheck_and_errors(self, device):
         for args in list(self.sample_inputs(device, torch.float64))[::5]:
             torch.library.opcheck(torch.ops.fastntk.ntk_accumulate.default, args + (args[0].clone(),))
@@ -302,7 +315,7 @@ class TestNtkAccumulateLayers:
         """a1[l] is a2[l] and d1[l] is d2[l] for every layer: the
         upper-triangle-and-mirror path over several row blocks (and, with 10
         layers, two passes), exactly symmetric from a zero start."""
-        n, k = 300, 3
+        n, k = 300, 5
         dims = [(5, 4), (4, 6), (6, 1)] * (n_layers // 3) + [(6, 2)] * (n_layers % 3)
         a1, a2, d1, d2, ws, bs = layer_tensors(n, n, k, dims, device, torch.float64, symmetric=True)
         got = torch.zeros(out_shape(outputs, n, n, k), device=device, dtype=torch.float64)

@@ -47,9 +47,12 @@ struct Term {
 };
 
 // Adds s * dgram for one (i, j) pair into out[i, j] (and, transposed over the
-// output axes, into out[j, i] when kMirror). One instantiation per mode so the
-// inner loops carry no branches.
-template <OutputMode kMode, bool kMirror, typename scalar_t>
+// output axes, into out[j, i] when kMirror). kDiagonal marks a symmetric
+// call's pair (i, i): its K x K tile takes each value from the upper half of
+// the delta Gram, so it is exactly symmetric too (the GEMM's (k, k') and
+// (k', k) elements can differ in the last bit). One instantiation per mode so
+// the inner loops carry no branches.
+template <OutputMode kMode, bool kMirror, bool kDiagonal = false, typename scalar_t>
 inline void accumulate_pair(scalar_t* o, scalar_t* om, const scalar_t* dgram, scalar_t s,
                             int64_t i, int64_t c, const Block& b, int64_t k_out) {
   if constexpr (kMode == OutputMode::kTrace) {
@@ -62,6 +65,12 @@ inline void accumulate_pair(scalar_t* o, scalar_t* om, const scalar_t* dgram, sc
       o[k] += v;
       if constexpr (kMirror) om[k] += v;
     }
+  } else if constexpr (kDiagonal) {
+    for (int64_t k = 0; k < k_out; ++k)
+      for (int64_t kk = 0; kk < k_out; ++kk) {
+        const int64_t lo = std::min(k, kk), hi = std::max(k, kk);
+        o[k * k_out + kk] += s * dgram[(i * k_out + lo) * (b.cols * k_out) + c * k_out + hi];
+      }
   } else {
     for (int64_t k = 0; k < k_out; ++k) {
       const scalar_t* dg = dgram + (i * k_out + k) * (b.cols * k_out) + c * k_out;
@@ -74,11 +83,11 @@ inline void accumulate_pair(scalar_t* o, scalar_t* om, const scalar_t* dgram, sc
 
 // Sums every term into the pair (i, c): the pair's out elements (at most K^2)
 // stay in L1 while the layers are added, so out is touched once per pass.
-template <OutputMode kMode, bool kMirror, typename scalar_t>
+template <OutputMode kMode, bool kMirror, bool kDiagonal = false, typename scalar_t>
 inline void accumulate_terms(scalar_t* o, scalar_t* om, const std::vector<Term<scalar_t>>& terms,
                              int64_t i, int64_t c, const Block& b, int64_t k_out) {
   for (const Term<scalar_t>& t : terms)
-    accumulate_pair<kMode, kMirror>(o, om, t.dgram, t.scale(i, c, b.cols), i, c, b, k_out);
+    accumulate_pair<kMode, kMirror, kDiagonal>(o, om, t.dgram, t.scale(i, c, b.cols), i, c, b, k_out);
 }
 
 // Symmetric trace blocks: mirroring one element per pair, as the generic loop
@@ -153,7 +162,10 @@ void accumulate_block(scalar_t* out, scalar_t* bias_out, const std::vector<Term<
         for (int64_t c = first; c < b.cols; ++c) {
           const int64_t j = b.col0 + c;
           const scalar_t sw = t.weight_part(i, c, b.cols);
-          if (c < mirror_from) {
+          if (c < mirror_from && b.symmetric) {  // the pair (gi, gi)
+            accumulate_pair<kMode, false, true>(orow + j * per_out, static_cast<scalar_t*>(nullptr), t.dgram, sw, i, c, b, k_out);
+            accumulate_pair<kMode, false, true>(brow + j * per_out, static_cast<scalar_t*>(nullptr), t.dgram, t.bs, i, c, b, k_out);
+          } else if (c < mirror_from) {
             accumulate_pair<kMode, false>(orow + j * per_out, static_cast<scalar_t*>(nullptr), t.dgram, sw, i, c, b, k_out);
             accumulate_pair<kMode, false>(brow + j * per_out, static_cast<scalar_t*>(nullptr), t.dgram, t.bs, i, c, b, k_out);
           } else {
@@ -176,6 +188,9 @@ void accumulate_block(scalar_t* out, scalar_t* bias_out, const std::vector<Term<
             for (int64_t c = first; c < mirror_from; ++c) o[c] += t.bs * drow[c];
           }
         }
+      } else if (b.symmetric) {  // mirror_from = first + 1: the pair (gi, gi)
+        accumulate_terms<kMode, false, true>(orow + (b.col0 + first) * per_out, static_cast<scalar_t*>(nullptr),
+                                             terms, i, first, b, k_out);
       } else {
         for (int64_t c = first; c < mirror_from; ++c)
           accumulate_terms<kMode, false>(orow + (b.col0 + c) * per_out, static_cast<scalar_t*>(nullptr), terms,

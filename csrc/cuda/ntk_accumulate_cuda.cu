@@ -83,7 +83,10 @@ __global__ void ntk_accumulate_kernel(scalar_t* __restrict__ out, scalar_t* __re
       d_off = (e * b.rows + i) * b.cols + c;
     } else {  // e = k * K + k'
       const int64_t k = e / k_out, kk = e - k * k_out;
-      d_off = (i * k_out + k) * (b.cols * k_out) + c * k_out + kk;
+      // A symmetric call's pair (i, i) reads (k, k') and (k', k) from the same
+      // (upper) GEMM element, so its K x K tile is exactly symmetric too.
+      const bool lower = b.symmetric && j == gi && kk < k;
+      d_off = (i * k_out + (lower ? kk : k)) * (b.cols * k_out) + c * k_out + (lower ? k : kk);
       e_t = kk * k_out + k;
     }
     scalar_t weight_part = 0, bias_part = 0;
