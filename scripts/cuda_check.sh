@@ -11,7 +11,8 @@
 # ninja recompiles only what changed; the repository's own CPU-built
 # fastntk/_C*.so is never touched.
 #
-# Settings: TORCH_VERSION (2.14.1, a CUDA 13.0 build matching nvcc 13.0),
+# Settings: TORCH_VERSION (2.14.1, a CUDA 13.0 build matching nvcc 13.0; 2.11.0
+# is the torch of the lent GPU machines' image and the oldest we support),
 # CUDA_HOME (/usr/local/cuda), TORCH_CUDA_ARCH_LIST (8.0;9.0: A100 and H100), MAX_JOBS (2),
 # FASTNTK_CACHE (~/.cache/fastntk), PYTHON (python3, to create the venv).
 set -euo pipefail
@@ -19,7 +20,7 @@ set -euo pipefail
 TORCH_VERSION=${TORCH_VERSION:-2.14.1}
 CACHE=${FASTNTK_CACHE:-$HOME/.cache/fastntk}
 VENV=$CACHE/cuda-torch-$TORCH_VERSION
-BUILD=$CACHE/cuda-build
+BUILD=$CACHE/cuda-build-$TORCH_VERSION
 SRC=$BUILD/src
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
