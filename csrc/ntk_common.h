@@ -335,21 +335,32 @@ inline void check_bias_out_inputs(const at::Tensor& bias_out, std::initializer_l
   for (const at::Tensor* t : inputs) at::assert_no_overlap(bias_out, *t);
 }
 
-// Per layer, the Gram factors of ntk_accumulate(_layers) laid out once: the
-// left ones contiguous (blocks take row slices), the right ones as views
-// (blocks take column slices). Symmetric calls share one layout per layer.
+// What both devices' drivers derive from an ntk_accumulate(_layers) call:
+// its sizes, whether it is symmetric (a1[l] is a2[l] and d1[l] is d2[l] for
+// every l), and per layer the Gram factors laid out once: the left ones
+// contiguous (blocks take row slices), the right ones as views (blocks take
+// column slices); a symmetric call shares one layout per layer.
 struct GramFactors {
+  int64_t n_layers, n1, n2, k_out, per_out;
+  bool symmetric;
   std::vector<at::Tensor> a1, a2t, d1, d2_right;
 };
 
+// Requires at least one layer.
 inline GramFactors gram_factors(at::TensorList a1, at::TensorList a2, at::TensorList d1, at::TensorList d2,
-                                OutputMode mode, bool symmetric) {
+                                OutputMode mode) {
   GramFactors f;
+  f.n_layers = static_cast<int64_t>(a1.size());
+  f.n1 = a1[0].size(0);
+  f.n2 = a2[0].size(0);
+  f.k_out = d1[0].size(1);
+  f.per_out = out_per_pair(mode, f.k_out);
+  f.symmetric = same_sides(a1, a2, d1, d2);
   for (size_t l = 0; l < a1.size(); ++l) {
     f.a1.push_back(a1[l].contiguous());
-    f.a2t.push_back(symmetric ? f.a1.back().t() : a2[l].contiguous().t());  // (p, N2)
+    f.a2t.push_back(f.symmetric ? f.a1.back().t() : a2[l].contiguous().t());  // (p, N2)
     f.d1.push_back(d1[l].contiguous());
-    f.d2_right.push_back(delta_gram_right(mode, symmetric ? f.d1.back() : d2[l].contiguous()));
+    f.d2_right.push_back(delta_gram_right(mode, f.symmetric ? f.d1.back() : d2[l].contiguous()));
   }
   return f;
 }
@@ -360,13 +371,12 @@ inline GramFactors gram_factors(at::TensorList a1, at::TensorList a2, at::Tensor
 // fn returns, which on CUDA is enough: the caching allocator reuses their
 // memory only for work queued after fn's kernel on the same stream.
 template <typename Fn>
-void for_each_block(const GramFactors& f, const BlockPlan& plan, int64_t n1, int64_t n2, bool symmetric,
-                    at::ArrayRef<double> weight_scales, OutputMode mode, Fn&& fn) {
-  const int64_t n_layers = static_cast<int64_t>(f.a1.size());
-  for (int64_t l0 = 0; l0 < n_layers; l0 += plan.layers) {
-    const int64_t l1 = std::min(n_layers, l0 + plan.layers);
-    for (int64_t row0 = 0; row0 < n1; row0 += plan.rows) {
-      const Block b = make_block(row0, std::min(plan.rows, n1 - row0), n2, symmetric);
+void for_each_block(const GramFactors& f, const BlockPlan& plan, at::ArrayRef<double> weight_scales,
+                    OutputMode mode, Fn&& fn) {
+  for (int64_t l0 = 0; l0 < f.n_layers; l0 += plan.layers) {
+    const int64_t l1 = std::min(f.n_layers, l0 + plan.layers);
+    for (int64_t row0 = 0; row0 < f.n1; row0 += plan.rows) {
+      const Block b = make_block(row0, std::min(plan.rows, f.n1 - row0), f.n2, f.symmetric);
       std::vector<at::Tensor> grams, dgrams;
       for (int64_t l = l0; l < l1; ++l) {
         grams.push_back(weight_scales[l] != 0.0

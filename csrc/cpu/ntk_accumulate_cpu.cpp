@@ -210,22 +210,18 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
                        at::TensorList a2, at::TensorList d1, at::TensorList d2,
                        at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
-  const int64_t n_layers = static_cast<int64_t>(a1.size());
-  if (out.numel() == 0 || n_layers == 0) return;
-  const int64_t n1 = a1[0].size(0), n2 = a2[0].size(0), k_out = d1[0].size(1);
-  const bool symmetric = same_sides(a1, a2, d1, d2);
-
-  const GramFactors factors = gram_factors(a1, a2, d1, d2, mode, symmetric);
-  const int64_t per_out = out_per_pair(mode, k_out);
+  if (out.numel() == 0 || a1.empty()) return;
+  const GramFactors f = gram_factors(a1, a2, d1, d2, mode);
+  const int64_t n2 = f.n2, k_out = f.k_out;
   // Summing layers in one pass pays on CPU only in the symmetric case, where
   // it cuts the mirror's scattered (column-order) writes by the number of
   // layers (benchmarks/fusion_ab.py: 1.06-1.15x); elsewhere the GEMMs dominate
   // and fused passes, with their smaller blocks, measured 0.95-1.0x.
-  const int64_t max_layers = symmetric ? kMaxFusedLayers : 1;
-  BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, kBlockElements, kMinRows, max_layers);
-  if (symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (n1 + 7) / 8));
+  const int64_t max_layers = f.symmetric ? kMaxFusedLayers : 1;
+  BlockPlan plan = plan_blocks(f.n1, n2 * (f.per_out + 1), f.n_layers, kBlockElements, kMinRows, max_layers);
+  if (f.symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (f.n1 + 7) / 8));
 
-  for_each_block(factors, plan, n1, n2, symmetric, weight_scales, mode,
+  for_each_block(f, plan, weight_scales, mode,
                  [&](const Block& b, int64_t l0, int64_t l1, const std::vector<at::Tensor>& grams,
                      const std::vector<at::Tensor>& dgrams) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cpu", [&] {

@@ -142,19 +142,15 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
                        at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
   const c10::cuda::CUDAGuard device_guard(out.device());
-  const int64_t n_layers = static_cast<int64_t>(a1.size());
-  if (out.numel() == 0 || n_layers == 0) return;
-  const int64_t n1 = a1[0].size(0), n2 = a2[0].size(0), k_out = d1[0].size(1);
-  const bool symmetric = same_sides(a1, a2, d1, d2);
-
-  const GramFactors factors = gram_factors(a1, a2, d1, d2, mode, symmetric);
-  const int64_t per_out = out_per_pair(mode, k_out);
+  if (out.numel() == 0 || a1.empty()) return;
+  const GramFactors f = gram_factors(a1, a2, d1, d2, mode);
+  const int64_t n2 = f.n2, k_out = f.k_out;
   const int64_t budget = std::min(kBlockElements, std::max(kMinScratch, out.numel()));
-  BlockPlan plan = plan_blocks(n1, n2 * (per_out + 1), n_layers, budget, kMinRows, kMaxFusedLayers);
-  if (symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (n1 + 7) / 8));
+  BlockPlan plan = plan_blocks(f.n1, n2 * (f.per_out + 1), f.n_layers, budget, kMinRows, kMaxFusedLayers);
+  if (f.symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (f.n1 + 7) / 8));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  for_each_block(factors, plan, n1, n2, symmetric, weight_scales, mode,
+  for_each_block(f, plan, weight_scales, mode,
                  [&](const Block& b, int64_t l0, int64_t l1, const std::vector<at::Tensor>& grams,
                      const std::vector<at::Tensor>& dgrams) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_accumulate_cuda", [&] {
