@@ -11,14 +11,15 @@
 //
 // When a1 is a2 and d1 is d2 in every layer (x2 = x1) only the pairs (i, j >= i)
 // are computed and mirrored (see Block in ntk_common.h): about half the GEMM
-// and epilogue work, and an exactly symmetric result.
+// and epilogue work, and an exactly symmetric result. Trace blocks mirror
+// through shared-memory tiles so that every write is coalesced.
 //
 // Rows of x1 are taken in blocks so that the Gram temporaries of a block
 // together hold about as many elements as out (at least kMinScratch), and no
 // more than kBlockElements (256 MiB in float32) unless a block of kMinRows
-// rows alone needs more: GPU memory goes to out, not scratch. Mirror writes
-// (x2 = x1) are not coalesced; a shared-memory transpose would fix that, but
-// it needs a GPU to be worth measuring.
+// rows alone needs more: GPU memory goes to out, not scratch. The generic
+// kernel's mirror writes (x2 = x1, full and per_output) are coalesced only
+// within a pair's K or K^2 outputs.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -113,6 +114,44 @@ __global__ void ntk_accumulate_kernel(scalar_t* __restrict__ out, scalar_t* __re
   }
 }
 
+// Symmetric trace blocks, without the generic kernel's mirror, whose writes
+// down a column of out are one memory transaction per element (on the CPU the
+// same pattern made x2 = x1 slower than two-sided). One thread block per
+// kTile x kTile tile of the block's pairs: it sums the layers for its pairs
+// with j >= i, adds them to out row-wise (coalesced along j), keeps the j > i
+// part in shared memory, and adds it transposed with threads along i
+// (coalesced again). Tiles wholly below the diagonal exit at once.
+// blockDim = (kTile, kTileRows).
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;
+
+template <typename scalar_t>
+__global__ void ntk_accumulate_trace_symmetric_kernel(scalar_t* __restrict__ out, const Terms<scalar_t> terms,
+                                                      const Block b, int64_t n2) {
+  __shared__ scalar_t upper[kTile][kTile + 1];  // +1: no bank conflicts on the transposed read
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile, i0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  if (c0 + kTile - 1 < i0) return;  // every pair has j < i (col0 = row0, so j >= i <=> c >= i)
+  const int tx = threadIdx.x;
+  for (int r = threadIdx.y; r < kTile; r += kTileRows) {
+    const int64_t i = i0 + r, c = c0 + tx;
+    scalar_t v = 0;
+    if (i < b.rows && c < b.cols && c >= i) {
+      const int64_t ic = i * b.cols + c;
+      for (int t = 0; t < terms.n; ++t) {
+        const scalar_t s = terms.gram[t] ? terms.bs[t] + terms.ws[t] * terms.gram[t][ic] : terms.bs[t];
+        v += s * terms.dgram[t][ic];
+      }
+      out[(b.row0 + i) * n2 + b.col0 + c] += v;
+    }
+    upper[r][tx] = c > i ? v : scalar_t(0);
+  }
+  __syncthreads();
+  for (int r = threadIdx.y; r < kTile; r += kTileRows) {
+    const int64_t i = i0 + tx, c = c0 + r;
+    if (i < b.rows && c < b.cols && c > i) out[(b.col0 + c) * n2 + b.row0 + i] += upper[tx][r];
+  }
+}
+
 template <typename scalar_t>
 void launch_block(OutputMode mode, at::Tensor& out, const std::optional<at::Tensor>& bias_out,
                   const Terms<scalar_t>& terms, const Block& b, int64_t n2, int64_t k_out,
@@ -120,6 +159,13 @@ void launch_block(OutputMode mode, at::Tensor& out, const std::optional<at::Tens
   const int64_t numel = b.rows * b.cols * out_per_pair(mode, k_out);
   scalar_t* o = out.data_ptr<scalar_t>();
   scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
+  if (mode == OutputMode::kTrace && b.symmetric && !bias_out) {
+    const dim3 tiles(static_cast<unsigned int>((b.cols + kTile - 1) / kTile),
+                     static_cast<unsigned int>((b.rows + kTile - 1) / kTile));
+    ntk_accumulate_trace_symmetric_kernel<<<tiles, dim3(kTile, kTileRows), 0, stream>>>(o, terms, b, n2);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   const unsigned int grid = cuda::grid_size(numel);
   switch (mode) {
     case OutputMode::kFull:
