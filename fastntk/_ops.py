@@ -193,8 +193,10 @@ def ntk_accumulate_layers(
     When ``a1[l] is a2[l]`` and ``d1[l] is d2[l]`` for every l, only the upper
     triangle is computed and mirrored (the engine's x2 = x1 case).
     """
-    _refuse_grad("ntk_accumulate_layers", out=out, **{
-        f"{name}[{l}]": t for name, ts in (("a1", a1), ("a2", a2), ("d1", d1), ("d2", d2)) for l, t in enumerate(ts)})
+    if torch.is_grad_enabled():  # the engine runs under no_grad: skip building the names
+        _refuse_grad("ntk_accumulate_layers", out=out, **{
+            f"{name}[{l}]": t for name, ts in (("a1", a1), ("a2", a2), ("d1", d1), ("d2", d2))
+            for l, t in enumerate(ts)})
     torch.ops.fastntk.ntk_accumulate_layers.default(
         out, list(a1), list(a2), list(d1), list(d2), [float(s) for s in weight_scales],
         [float(s) for s in bias_scales], outputs)

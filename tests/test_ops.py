@@ -41,6 +41,17 @@ def zero_kink(h):
     return h
 
 
+def check_in_place_op(op, reference, samples, dtype):
+    """Run an in-place op and its reference on copies of each sample's out
+    (args[0]); they must agree to 1e-12 (float64) or 1e-5 (float32)."""
+    for args in samples:
+        got, ref = args[0].clone(), args[0].clone()
+        op(got, *args[1:])
+        reference(ref, *args[1:])
+        if got.numel():
+            assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), args[-1]
+
+
 # (N, K, n_next, n): odd sizes, K = 1 and K > 1, zero-size batches.
 BACKPROP_SHAPES = [(5, 3, 7, 6), (4, 1, 3, 9), (1, 2, 1, 1), (0, 3, 4, 5), (3, 2, 4, 0)]
 
@@ -128,13 +139,7 @@ class TestNtkAccumulate:
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     def test_matches_reference(self, device, dtype):
-        for args in self.sample_inputs(device, dtype):
-            out, rest = args[0], args[1:]
-            got, ref = out.clone(), out.clone()
-            _ops.ntk_accumulate(got, *rest)
-            _reference.ntk_accumulate(ref, *rest)
-            if got.numel():
-                assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), args[-1]
+        check_in_place_op(_ops.ntk_accumulate, _reference.ntk_accumulate, self.sample_inputs(device, dtype), dtype)
 
     def test_large_blocks(self):
         """Enough rows that the CPU kernel splits x1 into several row blocks."""
@@ -290,12 +295,7 @@ class TestNtkAccumulateLayers:
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     def test_matches_reference(self, device, dtype):
-        for args in self.sample_inputs(device, dtype):
-            got, ref = args[0].clone(), args[0].clone()
-            _ops.ntk_accumulate_layers(got, *args[1:])
-            _reference.ntk_accumulate_layers(ref, *args[1:])
-            if got.numel():
-                assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), args[-1]
+        check_in_place_op(_ops.ntk_accumulate_layers, _reference.ntk_accumulate_layers, self.sample_inputs(device, dtype), dtype)
 
     def test_equals_sum_of_single_layers(self, device):
         """The op is the sum of ntk_accumulate over layers, computed by the
@@ -399,12 +399,7 @@ class TestNtkDiagAccumulate:
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     def test_matches_reference(self, device, dtype):
-        for args in self.sample_inputs(device, dtype):
-            got, ref = args[0].clone(), args[0].clone()
-            _ops.ntk_diag_accumulate(got, *args[1:])
-            _reference.ntk_diag_accumulate(ref, *args[1:])
-            if got.numel():
-                assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), args[-1]
+        check_in_place_op(_ops.ntk_diag_accumulate, _reference.ntk_diag_accumulate, self.sample_inputs(device, dtype), dtype)
 
     def test_equals_diagonal_of_full(self, device):
         a, d = rand(6, 4, device=device, dtype=torch.float64), rand(6, 3, 5, device=device, dtype=torch.float64)
