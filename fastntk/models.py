@@ -10,6 +10,7 @@ and refuses anything else with a ``TypeError`` naming the module.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -104,6 +105,11 @@ class DenseLayer:
     bias : (n_out,) tensor or None.
     scale : c_l; bias_scale : beta_l (0 when there is no bias).
     activation : the activation applied to this layer's output.
+    weight_trained, bias_trained : whether the model's tensor requires grad;
+        a frozen tensor is not trained, so it has no term in the NTK.
+    weight_param, bias_param : index of the model's parameter tensor (in
+        order of first use); layers that use one tensor (a module repeated in
+        a Sequential, tied weights) share the index. None: a tensor of its own.
     """
 
     weight: torch.Tensor
@@ -111,6 +117,10 @@ class DenseLayer:
     scale: float
     bias_scale: float
     activation: Activation
+    weight_trained: bool = True
+    bias_trained: bool = True
+    weight_param: int | None = None
+    bias_param: int | None = None
 
     @property
     def fan_in(self) -> int:
@@ -214,15 +224,14 @@ class MLP(nn.Module):
                 b = torch.randn(fan_out, generator=generator, dtype=torch.float64) * b_std
                 self.biases.append(nn.Parameter(b.to(dtype=dtype, device=device)))
 
-    def _layers(self, detach: bool) -> list[DenseLayer]:
+    def _layers(self) -> list[DenseLayer]:
         phi = Activation(self.activation)
         ntk_param = self.parametrization == "ntk"
         last = len(self.weights) - 1
-        keep = (lambda t: t.detach()) if detach else (lambda t: t)
         return [
             DenseLayer(
-                weight=keep(w),
-                bias=None if self.biases is None else keep(self.biases[l]),
+                weight=w,
+                bias=None if self.biases is None else self.biases[l],
                 scale=self.sigma_w / math.sqrt(w.shape[1]) if ntk_param else 1.0,
                 bias_scale=0.0 if self.biases is None else (self.sigma_b if ntk_param else 1.0),
                 activation=phi if l < last else IDENTITY,
@@ -232,11 +241,11 @@ class MLP(nn.Module):
 
     def dense_layers(self) -> list[DenseLayer]:
         """This network as a list of :class:`DenseLayer` (detached views)."""
-        return self._layers(detach=True)
+        return _detached(self._layers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_0) -> (N, K), through the same per-layer code as the NTK engine."""
-        for layer in self._layers(detach=False):
+        for layer in self._layers():
             x = layer.activation(layer.pre_activation(x))
         return x
 
@@ -264,9 +273,31 @@ SUPPORTED_MODULES = ("fastntk.MLP, nn.Linear, or nn.Sequential of nn.Linear and 
                      "Dropout in eval mode)")
 
 
+def _detached(layers: list[DenseLayer]) -> list[DenseLayer]:
+    """The engine's view of layers holding the model's own parameters:
+    detached tensors, each tensor's requires_grad as ``*_trained``, and one
+    index per distinct tensor (by identity, as ``named_parameters`` and
+    ``torch.func.functional_call`` count them) so that a tensor used at
+    several layers is recognised as one parameter."""
+    index: dict[int, int] = {}
+
+    def param(t: torch.Tensor | None) -> int | None:
+        return None if t is None else index.setdefault(id(t), len(index))
+
+    return [dataclasses.replace(
+        layer, weight=layer.weight.detach(), bias=None if layer.bias is None else layer.bias.detach(),
+        weight_trained=layer.weight.requires_grad, bias_trained=layer.bias is not None and layer.bias.requires_grad,
+        weight_param=param(layer.weight), bias_param=param(layer.bias),
+    ) for layer in layers]
+
+
 def _flatten_sequential(model: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
     items = []
-    for name, module in model.named_children():
+    # Not named_children(): it skips a module that appears twice, which the
+    # forward pass (iterating _modules) applies twice.
+    for name, module in model._modules.items():
+        if module is None:
+            continue
         if isinstance(module, nn.Sequential):
             items += _flatten_sequential(module, f"{prefix}{name}.")
         else:
@@ -284,23 +315,31 @@ def parse_model(model: nn.Module) -> list[DenseLayer]:
         supported activation; ``nn.Identity`` and ``nn.Dropout`` in eval
         mode (or p = 0) are skipped.
 
+    A module may appear several times, and layers may share a weight or bias
+    tensor (tied weights): each tensor is one parameter, recorded by
+    ``weight_param`` / ``bias_param``. Tensors with ``requires_grad=False``
+    are marked untrained (``weight_trained`` / ``bias_trained``).
+
     Returns
     -------
-    list of :class:`DenseLayer`, one per weight layer; the last one's
-    activation is the model's output activation (identity if none).
+    list of :class:`DenseLayer`, one per application of a weight layer, in
+    the order of the forward pass; the last one's activation is the model's
+    output activation (identity if none).
 
     Raises
     ------
     TypeError
         If ``model`` is not an nn.Module, or contains an unsupported module,
         or modules in an unsupported order; the message names the module.
+    ValueError
+        If ``model`` is on the meta device (no values to compute with).
     """
     if isinstance(model, MLP):
         layers = model.dense_layers()
     elif isinstance(model, nn.Sequential):
-        layers = _parse_sequential(model)
+        layers = _detached(_parse_sequential(model))
     elif type(model) is nn.Linear:
-        layers = _parse_sequential(nn.Sequential(model))
+        layers = _detached(_parse_sequential(nn.Sequential(model)))
     elif isinstance(model, nn.Module):
         raise TypeError(f"model must be {SUPPORTED_MODULES}; got {type(model).__name__}")
     else:
@@ -313,6 +352,9 @@ def parse_model(model: nn.Module) -> list[DenseLayer]:
     if not all(d.is_floating_point for d in dtypes):
         raise TypeError(f"model parameters must be real floating point (float16, bfloat16, float32, float64); "
                         f"got {dtypes.pop()}")
+    if devices.pop().type == "meta":
+        raise ValueError("model is on the meta device: its parameters have shapes but no values; "
+                         "materialize it first, e.g. model.to_empty(device='cpu') and initialize the weights")
     return layers
 
 
@@ -347,8 +389,8 @@ def _parse_sequential(model: nn.Sequential) -> list[DenseLayer]:
             raise TypeError(f"nn.Linear {i} expects {linear.in_features} features but the previous layer "
                             f"outputs {specs[i - 1][0].out_features}")
         layers.append(DenseLayer(
-            weight=linear.weight.detach(),
-            bias=None if linear.bias is None else linear.bias.detach(),
+            weight=linear.weight,
+            bias=linear.bias,
             scale=1.0,
             bias_scale=0.0 if linear.bias is None else 1.0,
             activation=act or IDENTITY,

@@ -190,18 +190,70 @@ def _progress_bar(layers: list[DenseLayer], n_pairs: int, outputs: str, progress
     return progress_bar(progress, len(layers), "fastntk.ntk layers", worth_it=flops > 1e11, unit="layer")
 
 
-def _accumulate(accumulate, out: torch.Tensor, layer: DenseLayer, layerwise: bool, l: int, *tensors,
-                split_bias: bool = False):
-    """Add layer l's weight and bias terms, into out[l, 0] and out[l, 1] when
-    layerwise (in one call when ``accumulate`` takes ``bias_out``: split_bias)."""
-    weight_scale, bias_scale = layer.scale ** 2, layer.bias_scale ** 2
+def _own_coefficients(layer: DenseLayer, l: int, shared: set[tuple[int, int]]) -> tuple[float, float]:
+    """(c_l^2, beta_l^2): the multipliers of layer l's weight and bias terms;
+    0 for a frozen tensor (not trained, so not in the kernel) and for a tensor
+    other layers use too ((l, kind) in ``shared``; its whole term is added by
+    :func:`_add_shared_terms`)."""
+    own_weight = layer.weight_trained and (l, 0) not in shared
+    own_bias = layer.bias is not None and layer.bias_trained and (l, 1) not in shared
+    return (layer.scale ** 2 if own_weight else 0.0, layer.bias_scale ** 2 if own_bias else 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SharedTensor:
+    """A trained parameter tensor that several layers use: ``kind`` 0 for a
+    weight, 1 for a bias; ``uses`` the layers, in forward order."""
+
+    kind: int
+    uses: tuple[int, ...]
+
+
+def _shared_tensors(layers: list[DenseLayer]) -> list[_SharedTensor]:
+    """The trained tensors used by more than one layer."""
+    uses: dict[tuple[int, int], list[int]] = {}
+    for l, layer in enumerate(layers):
+        for kind, index, trained in ((0, layer.weight_param, layer.weight_trained),
+                                     (1, layer.bias_param, layer.bias is not None and layer.bias_trained)):
+            if index is not None and trained:
+                uses.setdefault((kind, index), []).append(l)
+    return [_SharedTensor(kind, tuple(ls)) for (kind, _), ls in uses.items() if len(ls) > 1]
+
+
+def _add_shared_terms(out: torch.Tensor, layers: list[DenseLayer], shared: list[_SharedTensor],
+                      layerwise: bool, add_pair) -> None:
+    """Add each shared tensor's term. Its gradient is the sum over its uses
+    u of c_u delta_u a_{u-1}^T (beta_u delta_u for a bias), so its term is
+    sum over pairs (u, v) of c_u c_v <a_{u-1}, a'_{v-1}> <delta_u, delta'_v>,
+    cross-layer pairs included. ``add_pair(target, u, v, weight_scale,
+    bias_scale)`` adds one pair; with ``layerwise`` the whole term goes into
+    the row of the tensor's first use."""
+    for tensor in shared:
+        target = out[tensor.uses[0], tensor.kind] if layerwise else out
+        for u in tensor.uses:
+            for v in tensor.uses:
+                if tensor.kind == 0:
+                    add_pair(target, u, v, layers[u].scale * layers[v].scale, 0.0)
+                else:
+                    add_pair(target, u, v, 0.0, layers[u].bias_scale * layers[v].bias_scale)
+
+
+def _accumulate(accumulate, out: torch.Tensor, coefficients: tuple[float, float], layerwise: bool, l: int,
+                *tensors, split_bias: bool = False):
+    """Add layer l's weight and bias terms (multipliers ``coefficients``), into
+    out[l, 0] and out[l, 1] when layerwise (in one call when ``accumulate``
+    takes ``bias_out``: split_bias)."""
+    weight_scale, bias_scale = coefficients
+    if weight_scale == 0.0 and bias_scale == 0.0:
+        return
     if not layerwise:
         accumulate(out, *tensors, weight_scale, bias_scale)
         return
-    if bias_scale != 0.0 and split_bias:  # one delta Gram serves both terms
+    if weight_scale != 0.0 and bias_scale != 0.0 and split_bias:  # one delta Gram serves both terms
         accumulate(out[l, 0], *tensors, weight_scale, bias_scale, bias_out=out[l, 1])
         return
-    accumulate(out[l, 0], *tensors, weight_scale, 0.0)
+    if weight_scale != 0.0:
+        accumulate(out[l, 0], *tensors, weight_scale, 0.0)
     if bias_scale != 0.0:
         accumulate(out[l, 1], *tensors, 0.0, bias_scale)
 
@@ -225,6 +277,11 @@ def ntk(
     ----------
     model : :class:`fastntk.MLP`, or ``nn.Sequential`` of ``nn.Linear`` and
         elementwise activations (standard parametrization). Left unchanged.
+        The sum runs over the trained parameters: tensors with
+        ``requires_grad=False`` are left out (weight and bias separately),
+        and a tensor used at several layers (a module repeated in the
+        Sequential, tied weights) is one parameter, whose gradient sums over
+        its uses.
     x1 : (N1, n_0) inputs, the model's dtype (float32/float64, or
         float16/bfloat16, computed in float32) and device.
     x2 : (N2, n_0) inputs, or None for x2 = x1 (computed once; the result
@@ -232,8 +289,9 @@ def ntk(
     outputs : ``"full"`` -> (N1, N2, K, K); ``"trace"`` -> (N1, N2), the sum
         over outputs; ``"per_output"`` -> (N1, N2, K). See :class:`Outputs`.
     layerwise : if True, prepend axes (L, 2): ``[l, 0]`` is layer l's weight
-        term and ``[l, 1]`` its bias term (zero without bias); they sum to the
-        total.
+        term and ``[l, 1]`` its bias term (zero without bias or when frozen);
+        they sum to the total. L counts layer applications; a shared tensor's
+        whole term is in the row of its first use.
     allow_tf32 : let CUDA GEMMs use TF32 (about 1e-3 relative error in
         float32, several times faster on Ampere and newer). Off by default.
     progress : show a progress bar over layers (tqdm, on stderr). None:
@@ -249,6 +307,10 @@ def ntk(
     TypeError, ValueError
         For an unsupported model, or inputs of the wrong type, shape, dtype or
         device, empty, or containing NaN/Inf; the message names the argument.
+    FloatingPointError
+        If the kernel overflows to Inf/NaN from finite inputs and weights
+        (e.g. a deep chaotic network in float32); the message names the
+        first layer that overflowed.
     """
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
@@ -264,21 +326,20 @@ def ntk(
     if layerwise:
         shape = (len(layers), 2) + shape
 
+    shared = _shared_tensors(layers)
     with torch.no_grad(), _tf32(allow_tf32):
         out = torch.zeros(shape, dtype=x1.dtype, device=x1.device)
-        signals1 = _layer_signals(layers, x1, _forward(layers, x1))
+        h1 = _forward(layers, x1)
+        h2 = h1 if symmetric else _forward(layers, x2)
+        signals1 = _layer_signals(layers, x1, h1)
         # x2 = x1: one forward/backward pass serves both sides of every Gram.
         pairs = ((l, a1, a1, d1, d1) for l, a1, d1 in signals1) if symmetric else (
-            (l, a1, a2, d1, d2)
-            for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, _forward(layers, x2)))
+            (l, a1, a2, d1, d2) for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, h2))
         )
         bar = _progress_bar(layers, n1 * n2, outputs, progress)
         try:
-            if layerwise:
-                accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
-                for l, a1, a2, d1, d2 in pairs:
-                    _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
-                    bar.update(1)
+            if layerwise or shared:
+                _accumulate_per_layer(out, layers, pairs, outputs, layerwise, shared, bar)
             else:
                 # The CPU kernel fuses layers only for x2 = x1 (measured: no gain
                 # otherwise), so caching signals would there cost memory for nothing.
@@ -286,7 +347,33 @@ def ntk(
                 _accumulate_fused(out, layers, pairs, outputs, bar, cache_limit=out.numel() if fuses else 0)
         finally:
             bar.close()
+        _check_finite_result("ntk", out, layers, (x1, h1), (x2, h2))
     return out
+
+
+def _shared_uses(shared: list[_SharedTensor]) -> set[tuple[int, int]]:
+    return {(l, t.kind) for t in shared for l in t.uses}
+
+
+def _accumulate_per_layer(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str, layerwise: bool,
+                          shared: list[_SharedTensor], bar) -> None:
+    """Add each layer's own terms as the backward pass reaches it, keeping
+    the signals of layers that use a shared tensor, whose terms
+    :func:`_add_shared_terms` adds at the end."""
+    accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
+    uses = _shared_uses(shared)
+    kept = {}
+    for l, a1, a2, d1, d2 in pairs:
+        _accumulate(accumulate, out, _own_coefficients(layers[l], l, uses), layerwise, l, a1, a2, d1, d2,
+                    split_bias=True)
+        if (l, 0) in uses or (l, 1) in uses:
+            kept[l] = (a1, a2, d1, d2)
+        bar.update(1)
+
+    def add_pair(target, u, v, weight_scale, bias_scale):
+        accumulate(target, kept[u][0], kept[v][1], kept[u][2], kept[v][3], weight_scale, bias_scale)
+
+    _add_shared_terms(out, layers, shared, layerwise, add_pair)
 
 
 def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str, bar,
@@ -306,12 +393,15 @@ def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, output
     def flush():
         if pending:
             ls, a1, a2, d1, d2 = zip(*pending)
-            _ops.ntk_accumulate_layers(out, a1, a2, d1, d2, [layers[l].scale ** 2 for l in ls],
-                                       [layers[l].bias_scale ** 2 for l in ls], outputs)
+            weight_scales, bias_scales = zip(*(_own_coefficients(layers[l], l, set()) for l in ls))
+            _ops.ntk_accumulate_layers(out, a1, a2, d1, d2, list(weight_scales), list(bias_scales), outputs)
             bar.update(len(pending))
             pending.clear()
 
     for l, a1, a2, d1, d2 in pairs:
+        if _own_coefficients(layers[l], l, set()) == (0.0, 0.0):  # all frozen
+            bar.update(1)
+            continue
         pending.append((l, a1, a2, d1, d2))
         cached += sum(t.numel() for t in {id(t): t for t in (a1, a2, d1, d2)}.values())
         if cached >= cache_limit:
@@ -340,9 +430,16 @@ def ntk_diag(
         -> (N, K).
     layerwise : prepend axes (L, 2) (weight, bias terms per layer).
 
+    Frozen and shared parameters are handled as in :func:`ntk`.
+
     Returns
     -------
     Tensor of the model's dtype and device, shaped as above.
+
+    Raises
+    ------
+    TypeError, ValueError, FloatingPointError
+        As :func:`ntk`.
     """
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
@@ -352,9 +449,62 @@ def ntk_diag(
     shape = {"full": (n, k, k), "trace": (n,), "per_output": (n, k)}[outputs]
     if layerwise:
         shape = (len(layers), 2) + shape
+    shared = _shared_tensors(layers)
+    uses = _shared_uses(shared)
     with torch.no_grad():
         out = torch.zeros(shape, dtype=x.dtype, device=x.device)
         accumulate = functools.partial(_ops.ntk_diag_accumulate, outputs=outputs)
-        for l, a, d in _layer_signals(layers, x, _forward(layers, x)):
-            _accumulate(accumulate, out, layers[l], layerwise, l, a, d)
+        hs = _forward(layers, x)
+        kept = {}
+        for l, a, d in _layer_signals(layers, x, hs):
+            _accumulate(accumulate, out, _own_coefficients(layers[l], l, uses), layerwise, l, a, d)
+            if (l, 0) in uses or (l, 1) in uses:
+                kept[l] = (a, d)
+
+        def add_pair(target, u, v, weight_scale, bias_scale):
+            if u == v:
+                accumulate(target, *kept[u], weight_scale, bias_scale)
+            else:
+                target += _diag_cross_term(*kept[u], *kept[v], weight_scale, bias_scale, outputs)
+
+        _add_shared_terms(out, layers, shared, layerwise, add_pair)
+        _check_finite_result("ntk_diag", out, layers, (x, hs))
     return out
+
+
+def _diag_cross_term(a_u: torch.Tensor, d_u: torch.Tensor, a_v: torch.Tensor, d_v: torch.Tensor,
+                     weight_scale: float, bias_scale: float, outputs: str) -> torch.Tensor:
+    """Per-sample (weight_scale <a_u, a_v> + bias_scale) <delta_u, delta_v>
+    of two different layers u, v (a: (N, n), d: (N, K, m)), reduced to
+    ``outputs``: the cross-layer terms of a shared tensor's diagonal, which
+    the diagonal op (one layer's signals) does not cover."""
+    a_gram = weight_scale * (a_u * a_v).sum(-1) + bias_scale
+    full = torch.einsum("nkf,nlf->nkl", d_u, d_v) * a_gram[:, None, None]
+    if outputs == "full":
+        return full
+    diagonal = torch.diagonal(full, dim1=-2, dim2=-1)
+    return diagonal.sum(-1) if outputs == "trace" else diagonal
+
+
+def _check_finite_result(function: str, out: torch.Tensor, layers: list[DenseLayer], *sides) -> None:
+    """Raise if the kernel overflowed (inputs and weights were checked
+    finite), naming the first layer whose pre-activations or backpropagated
+    signals are not finite. One reduction on the result; the search runs only
+    on failure."""
+    if _all_finite(out):
+        return
+    where = "the sum over layers"
+    for x, hs in sides:
+        bad = next((l for l, h in enumerate(hs) if not _all_finite(h)), None)
+        if bad is None:
+            bad = next((l for l, _, d in _layer_signals(layers, x, hs) if not _all_finite(d)), None)
+            if bad is not None:
+                where = f"the backpropagated signals at layer {bad} (of {len(layers)}, counting from 0)"
+                break
+        else:
+            where = f"the pre-activations of layer {bad} (of {len(layers)}, counting from 0)"
+            break
+    advice = ("compute in float64 (model.double() and inputs .double())" if out.dtype != torch.float64
+              else "rescale the inputs or weights")
+    raise FloatingPointError(f"fastntk.{function}: the kernel overflowed to Inf/NaN ({out.dtype}) from finite "
+                             f"inputs and weights, first in {where}; {advice}")

@@ -7,6 +7,8 @@ checks the layerwise identity, the model parsing and the kernels at once.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -41,8 +43,14 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def param_jacobians(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{name: (N, K, P_name)} Jacobians of model(x) w.r.t. each parameter."""
-    params = {n: p.detach() for n, p in model.named_parameters()}
+    """{name: (N, K, P_name)} Jacobians of model(x) w.r.t. each trained
+    parameter (requires_grad; frozen ones keep their values). A tensor used
+    several times is one entry (named_parameters and functional_call's
+    tie_weights see it once), so its Jacobian sums over its uses."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    # A copy: functional_call computes a module repeated in a Sequential
+    # correctly but does not restore its parameters afterwards (torch 2.13).
+    model = copy.deepcopy(model)
 
     def f(p, inp):
         return torch.func.functional_call(model, p, (inp,))
@@ -64,8 +72,9 @@ def oracle_ntk(model, x1, x2=None) -> torch.Tensor:
 
 
 def oracle_layerwise(model, layers, x1, x2=None) -> torch.Tensor:
-    """(L, 2, N1, N2, K, K): per-parameter terms placed by the layer that owns
-    each parameter (matched by storage, independently of the engine)."""
+    """(L, 2, N1, N2, K, K): per-parameter terms placed by the first layer
+    that uses each parameter (matched by storage, independently of the
+    engine); frozen parameters have no term."""
     per = oracle_ntk_per_param(model, x1, x2)
     named = dict(model.named_parameters())
     any_term = next(iter(per.values()))
@@ -76,7 +85,7 @@ def oracle_layerwise(model, layers, x1, x2=None) -> torch.Tensor:
             if t is None:
                 continue
             for name, p in named.items():
-                if p.data_ptr() == t.data_ptr() and p.shape == t.shape:
+                if name in per and name not in placed and p.data_ptr() == t.data_ptr() and p.shape == t.shape:
                     out[l, kind] += per[name]
                     placed.add(name)
     assert placed == set(per), f"parameters not matched to layers: {set(per) - placed}"
