@@ -18,6 +18,10 @@ from .models import MLP
 from .ntk import ntk
 
 
+#: The most digits per class the balanced set can take (class 8 has 174).
+DIGITS_PER_CLASS = 174
+
+
 def load_digits_balanced(n_per_class: int, dtype=torch.float32) -> tuple[torch.Tensor, np.ndarray]:
     """(10 n_per_class, 64) digits scaled to unit norm, sorted by class, and their labels."""
     from sklearn.datasets import load_digits
@@ -50,6 +54,10 @@ def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024,
     """Run the demo; returns the numbers it printed. Writes ``out/digits_ntk.png``,
     and with ``experiments`` (default) a reduced NTK-dispersion experiment
     (:func:`run_dispersion_demo`) into ``out/dispersion/``."""
+    for name, value, most in (("width", width, None), ("n_per_class", n_per_class, DIGITS_PER_CLASS),
+                              ("hidden_layers", hidden_layers, None), ("compare_n", compare_n, None)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most and value > most):
+            raise ValueError(f"{name} must be a positive int{f' <= {most}' if most else ''}; got {value!r}")
     import matplotlib
 
     matplotlib.use("Agg")
