@@ -488,23 +488,33 @@ def _diag_cross_term(a_u: torch.Tensor, d_u: torch.Tensor, a_v: torch.Tensor, d_
 
 def _check_finite_result(function: str, out: torch.Tensor, layers: list[DenseLayer], *sides) -> None:
     """Raise if the kernel overflowed (inputs and weights were checked
-    finite), naming the first layer whose pre-activations or backpropagated
-    signals are not finite. One reduction on the result; the search runs only
-    on failure."""
+    finite), naming where. One reduction on the result; the search (another
+    forward/backward pass) runs only on failure. ``sides``: (x, [h^l]) of
+    each input batch."""
     if _all_finite(out):
         return
-    where = "the sum over layers"
-    for x, hs in sides:
-        bad = next((l for l, h in enumerate(hs) if not _all_finite(h)), None)
-        if bad is None:
-            bad = next((l for l, _, d in _layer_signals(layers, x, hs) if not _all_finite(d)), None)
-            if bad is not None:
-                where = f"the backpropagated signals at layer {bad} (of {len(layers)}, counting from 0)"
-                break
-        else:
-            where = f"the pre-activations of layer {bad} (of {len(layers)}, counting from 0)"
-            break
+    sites = [_overflow_site(layers, x, hs, out.dtype) for x, hs in sides]
+    where = min((s for s in sites if s is not None), default=(len(layers), "the sum over layers"))[1]
     advice = ("compute in float64 (model.double() and inputs .double())" if out.dtype != torch.float64
-              else "rescale the inputs or weights")
-    raise FloatingPointError(f"fastntk.{function}: the kernel overflowed to Inf/NaN ({out.dtype}) from finite "
+              else "rescale the inputs or the weights")
+    raise FloatingPointError(f"fastntk.{function}: the kernel overflowed to Inf/NaN in {out.dtype} from finite "
                              f"inputs and weights, first in {where}; {advice}")
+
+
+def _overflow_site(layers: list[DenseLayer], x: torch.Tensor, hs: list[torch.Tensor], dtype: torch.dtype):
+    """(l, description) of the first layer whose pre-activations, signals or
+    Gram term (bounded by (c^2 max|a|^2 + beta^2) max sum_k |delta_k|^2,
+    in float64) leave ``dtype``'s range; None if none does."""
+    name = lambda l: f"layer {l} of {len(layers)} (0-based)"
+    bad = next((l for l, h in enumerate(hs) if not _all_finite(h)), None)
+    if bad is not None:
+        return bad, f"the pre-activations of {name(bad)}"
+    sites = []
+    for l, a, d in _layer_signals(layers, x, hs):
+        if not _all_finite(d):
+            sites.append((l, f"the backpropagated signals of {name(l)}"))
+            continue
+        a_sq, d_sq = a.double().square().sum(-1).max(), d.double().square().sum((1, 2)).max()
+        if (layers[l].scale ** 2 * a_sq + layers[l].bias_scale ** 2) * d_sq > torch.finfo(dtype).max:
+            sites.append((l, f"the Gram term of {name(l)}"))
+    return min(sites, default=None)
