@@ -129,10 +129,15 @@ def _compute_dtype(layers: list[DenseLayer], *xs: torch.Tensor):
 
 def _check_model(model: nn.Module) -> list[DenseLayer]:
     layers = parse_model(model)
-    for l, layer in enumerate(layers):
-        for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
-            if p is not None and p.is_floating_point() and not _all_finite(p):
-                raise ValueError(f"model layer {l} {kind} contains NaN or Inf values")
+    tensors = [(l, kind, p) for l, layer in enumerate(layers)
+               for kind, p in (("weight", layer.weight), ("bias", layer.bias)) if p is not None]
+    # One reduction over all parameters' sums (one device sync, one
+    # torch.compile graph break); the per-tensor search only on failure.
+    if _all_finite(torch.stack([p.sum() for _, _, p in tensors])):
+        return layers
+    for l, kind, p in tensors:
+        if not _all_finite(p):
+            raise ValueError(f"model layer {l} {kind} contains NaN or Inf values")
     return layers
 
 
@@ -326,29 +331,38 @@ def ntk(
     if layerwise:
         shape = (len(layers), 2) + shape
 
-    shared = _shared_tensors(layers)
     with torch.no_grad(), _tf32(allow_tf32):
         out = torch.zeros(shape, dtype=x1.dtype, device=x1.device)
         h1 = _forward(layers, x1)
         h2 = h1 if symmetric else _forward(layers, x2)
-        signals1 = _layer_signals(layers, x1, h1)
-        # x2 = x1: one forward/backward pass serves both sides of every Gram.
-        pairs = ((l, a1, a1, d1, d1) for l, a1, d1 in signals1) if symmetric else (
-            (l, a1, a2, d1, d2) for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, h2))
-        )
-        bar = _progress_bar(layers, n1 * n2, outputs, progress)
-        try:
-            if layerwise or shared:
-                _accumulate_per_layer(out, layers, pairs, outputs, layerwise, shared, bar)
-            else:
-                # The CPU kernel fuses layers only for x2 = x1 (measured: no gain
-                # otherwise), so caching signals would there cost memory for nothing.
-                fuses = symmetric or out.device.type != "cpu"
-                _accumulate_fused(out, layers, pairs, outputs, bar, cache_limit=out.numel() if fuses else 0)
-        finally:
-            bar.close()
+        signals2 = None if symmetric else _layer_signals(layers, x2, h2)
+        _add_kernel(out, layers, _layer_signals(layers, x1, h1), signals2, outputs, layerwise, progress)
         _check_finite_result("ntk", out, layers, (x1, h1), (x2, h2))
     return out
+
+
+def _add_kernel(out: torch.Tensor, layers: list[DenseLayer], signals1, signals2, outputs: str,
+                layerwise: bool, progress: bool | None) -> None:
+    """out += Theta(x1, x2) from per-layer signals as :func:`_layer_signals`
+    yields them; signals2 None means x2 = x1: one forward/backward pass
+    serves both sides of every Gram, and out comes out exactly symmetric."""
+    symmetric = signals2 is None
+    n1, n2 = out.shape[2:4] if layerwise else out.shape[:2]
+    pairs = ((l, a1, a1, d1, d1) for l, a1, d1 in signals1) if symmetric else (
+        (l, a1, a2, d1, d2) for (l, a1, d1), (_, a2, d2) in zip(signals1, signals2)
+    )
+    shared = _shared_tensors(layers)
+    bar = _progress_bar(layers, n1 * n2, outputs, progress)
+    try:
+        if layerwise or shared:
+            _accumulate_per_layer(out, layers, pairs, outputs, layerwise, shared, bar)
+        else:
+            # The CPU kernel fuses layers only for x2 = x1 (measured: no gain
+            # otherwise), so caching signals would there cost memory for nothing.
+            fuses = symmetric or out.device.type != "cpu"
+            _accumulate_fused(out, layers, pairs, outputs, bar, cache_limit=out.numel() if fuses else 0)
+    finally:
+        bar.close()
 
 
 def _shared_uses(shared: list[_SharedTensor]) -> set[tuple[int, int]]:
