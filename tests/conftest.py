@@ -35,6 +35,17 @@ def device(request):
     return request.param
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: for tests of many small calls (deep
+    narrow networks, repeated calls), which gain nothing from threads and,
+    on a CPU shared with other jobs, lose much to OpenMP barriers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
     assert a.shape == ref.shape, f"shape {tuple(a.shape)} != reference {tuple(ref.shape)}"

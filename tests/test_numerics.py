@@ -33,7 +33,7 @@ def float32_error(net, x):
 @pytest.mark.parametrize("depth,sigma_w2,parametrization", [
     (50, 0.5, "standard"), (50, 2.0, "ntk"), (50, 3.5, "ntk"), (50, 3.5, "standard"), (20, 3.5, "ntk"),
 ])
-def test_float32_relu_within_layers_times_unit_roundoff(depth, sigma_w2, parametrization):
+def test_float32_relu_within_layers_times_unit_roundoff(depth, sigma_w2, parametrization, one_thread):
     """ReLU: max |error| <= 2 (L + 1) u max |Theta| (u = 2^-24), in every phase."""
     x = torch.randn(6, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     err, _ = float32_error(deep_net("relu", depth, sigma_w2, parametrization), x)
@@ -41,7 +41,7 @@ def test_float32_relu_within_layers_times_unit_roundoff(depth, sigma_w2, paramet
 
 
 @pytest.mark.parametrize("depth,sigma_w2", [(50, 1.0), (50, 3.5), (30, 2.0)])
-def test_float32_smooth_activation_as_accurate_as_the_float32_network(depth, sigma_w2):
+def test_float32_smooth_activation_as_accurate_as_the_float32_network(depth, sigma_w2, one_thread):
     """tanh in the chaotic phase: the float32 network itself amplifies
     rounding, so plain PyTorch (torch.func Jacobians in float32) is off as
     much; fastntk stays within 2x of it (plus the ReLU bound)."""

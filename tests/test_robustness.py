@@ -86,7 +86,7 @@ def live_tensors() -> int:
         return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
 
-def test_no_memory_growth_over_1000_calls():
+def test_no_memory_growth_over_1000_calls(one_thread):
     psutil = pytest.importorskip("psutil")
     net = fastntk.MLP([8, 32, 32, 4], seed=0, dtype=torch.float64)
     x = torch.randn(32, 8, dtype=torch.float64)
