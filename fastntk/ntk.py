@@ -525,9 +525,9 @@ def _overflow_site(layers: list[DenseLayer], x: torch.Tensor, hs: list[torch.Ten
         return bad, f"the pre-activations of {name(bad)}"
     sites = []
     for l, a, d in _layer_signals(layers, x, hs):
-        if not _all_finite(d):
+        if not _all_finite(d):  # where the backward pass overflowed: every layer below inherits it
             sites.append((l, f"the backpropagated signals of {name(l)}"))
-            continue
+            break
         a_sq, d_sq = a.double().square().sum(-1).max(), d.double().square().sum((1, 2)).max()
         if (layers[l].scale ** 2 * a_sq + layers[l].bias_scale ** 2) * d_sq > torch.finfo(dtype).max:
             sites.append((l, f"the Gram term of {name(l)}"))

@@ -104,3 +104,14 @@ def test_theta_xx_is_psd(dtype, activation):
     for l in range(layerwise.shape[0]):
         for kind in range(2):
             assert_psd(layerwise[l, kind], n, f"layer {l} term {kind}")
+
+
+def test_overflow_in_the_backward_pass_is_located():
+    """Forward finite (tiny inputs), signals overflow: delta^0 = W^1^T delta^1
+    with |delta^1| ~ 1e36 leaves float32."""
+    net = torch.nn.Sequential(*[torch.nn.Linear(i, o, bias=False) for i, o in ((4, 8), (8, 8), (8, 8), (8, 2))])
+    with torch.no_grad():
+        for layer, value in zip(net[1:], (1e10, 1e10, 1e25)):
+            layer.weight.fill_(value)
+    with pytest.raises(FloatingPointError, match=r"backpropagated signals of layer 0 of 4"):
+        fastntk.ntk(net, torch.full((3, 4), 1e-30))
