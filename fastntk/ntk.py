@@ -129,6 +129,9 @@ def _compute_dtype(layers: list[DenseLayer], *xs: torch.Tensor):
 
 def _check_model(model: nn.Module) -> list[DenseLayer]:
     layers = parse_model(model)
+    if not any(layer.weight_trained or layer.bias_trained for layer in layers):
+        raise ValueError("model has no trainable parameters (every weight and bias has requires_grad=False), "
+                         "so its NTK is zero; call model.requires_grad_(True) to count them")
     tensors = [(l, kind, p) for l, layer in enumerate(layers)
                for kind, p in (("weight", layer.weight), ("bias", layer.bias)) if p is not None]
     # One reduction over all parameters' sums (one device sync, one
@@ -286,7 +289,7 @@ def ntk(
         ``requires_grad=False`` are left out (weight and bias separately),
         and a tensor used at several layers (a module repeated in the
         Sequential, tied weights) is one parameter, whose gradient sums over
-        its uses.
+        its uses. A model with no trainable tensor is refused.
     x1 : (N1, n_0) inputs, the model's dtype (float32/float64, or
         float16/bfloat16, computed in float32) and device.
     x2 : (N2, n_0) inputs, or None for x2 = x1 (computed once; the result

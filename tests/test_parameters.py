@@ -142,11 +142,14 @@ def test_frozen_terms_are_exact_zeros_in_layerwise():
     assert torch.count_nonzero(diag[0, 0]) == 0 and torch.count_nonzero(diag[0, 1]) > 0
 
 
-def test_everything_frozen_gives_zero():
+def test_everything_frozen_is_refused():
+    """A kernel over no parameters is zero: almost surely a model frozen for
+    inference by mistake, so it is refused rather than returned."""
     model = seeded(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))).double().requires_grad_(False)
     x = inputs(3, 4)
-    assert torch.count_nonzero(fastntk.ntk(model, x)) == 0
-    assert torch.count_nonzero(fastntk.ntk_diag(model, x, outputs="trace")) == 0
+    for call in (lambda: fastntk.ntk(model, x), lambda: fastntk.ntk_diag(model, x, outputs="trace")):
+        with pytest.raises(ValueError, match="model has no trainable parameters"):
+            call()
 
 
 def test_freezing_does_not_change_the_model():
