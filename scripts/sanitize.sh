@@ -28,8 +28,9 @@ FASTNTK_LINK_FLAGS="$SANITIZERS" \
   "$PY" setup.py --quiet build_ext --build-lib "$OUT/lib" --build-temp "$OUT/tmp"
 cp fastntk/*.py "$OUT/lib/fastntk/"
 ext=$(ls "$OUT"/lib/fastntk/_C*.so)
+symbols=$(nm -D "$ext")
 for symbol in __asan_init __ubsan_handle; do
-  nm -D "$ext" | grep -q "$symbol" || { echo "sanitize: $ext lacks $symbol: not instrumented" >&2; exit 1; }
+  grep -q "$symbol" <<<"$symbols" || { echo "sanitize: $ext lacks $symbol: not instrumented" >&2; exit 1; }
 done
 
 runtime() { "${CXX:-g++}" -print-file-name="$1"; }
@@ -37,6 +38,9 @@ export LD_PRELOAD="$(runtime libasan.so):$(runtime libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=86"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87"
 export PYTHONPATH="$PWD/$OUT/lib"
+# Else `python -m pytest` puts the working directory first on sys.path, and
+# with it the in-place (uninstrumented) package.
+export PYTHONSAFEPATH=1
 
 "$PY" -c "
 import fastntk, fastntk._ops as ops

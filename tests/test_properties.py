@@ -7,7 +7,7 @@ Networks: depth 1-6, widths 1-64, K = 1-5 outputs, every activation (with
 random leaky_relu / softplus parameters in nn.Sequential), both
 parametrizations, biases on or off per layer, fastntk.MLP and nn.Sequential
 (nested, with nn.Identity and eval-mode nn.Dropout, an output activation,
-weights stored transposed). Inputs: 1-12 rows (1-300 for narrow networks),
+weights stored transposed). Inputs: 1-12 rows (1-450 for narrow networks),
 scales 1e-8 to 1e8, repeated and zero rows, transposed storage.
 Not generated: a module used twice and frozen parameters (tested on their own
 in test_ntk.py).
@@ -274,10 +274,10 @@ def test_matches_oracle(net, data):
 @given(net=nets(max_width=8), data=st.data())
 @examples("large_batch")
 def test_large_batches_match_oracle(net, data):
-    """Narrow networks, up to 300 inputs: several output tiles, row blocks and
+    """Narrow networks, up to 450 inputs: several output tiles, row blocks and
     fused layer groups in the kernels."""
-    x1 = data.draw(batches(n_inputs(net), max_rows=300), label="x1")
-    x2 = data.draw(st.none() | batches(n_inputs(net), max_rows=300), label="x2")
+    x1 = data.draw(batches(n_inputs(net), max_rows=450), label="x1")
+    x2 = data.draw(st.none() | batches(n_inputs(net), max_rows=450), label="x2")
     check_against_oracle(net, x1, x2)
 
 
