@@ -9,8 +9,8 @@ parametrizations, biases on or off per layer, fastntk.MLP and nn.Sequential
 (nested, with nn.Identity and eval-mode nn.Dropout, an output activation,
 weights stored transposed). Inputs: 1-12 rows (1-450 for narrow networks),
 scales 1e-8 to 1e8, repeated and zero rows, transposed storage.
-Not generated: a module used twice and frozen parameters (tested on their own
-in test_ntk.py).
+Not generated: a module used twice (shared parameters) and frozen
+parameters, which have tests of their own.
 
 Tolerance: fastntk and the oracle are both float64 computations of the same
 sums; their difference is rounding, bounded by a small multiple of the
@@ -18,11 +18,13 @@ sums; their difference is rounding, bounded by a small multiple of the
 x2_j)), which by Cauchy-Schwarz bounds every entry of every mode and of
 every layerwise term (each is a sum of inner products of gradients). An
 entry that cancels to ~0 is thus judged by the size of what cancelled.
+The float32 kernels are checked the same way against a float32 oracle.
 
 Profiles: "ci" (the default; derandomized, so every run checks the same
 examples, a few hundred in all) and "fuzz" (random; FASTNTK_FUZZ_EXAMPLES
 examples in all, shared among the tests in proportion to their ci counts:
-`make fuzz`). FASTNTK_HYPOTHESIS_PROFILE selects one.
+`make fuzz`; pytest's --hypothesis-seed=N repeats a run).
+FASTNTK_HYPOTHESIS_PROFILE selects one.
 """
 
 from __future__ import annotations
