@@ -10,19 +10,19 @@ PIP := $(PY) -m pip
 # e.g. `make test TORCH_SPEC=torch` (or install into .venv yourself first).
 TORCH_SPEC ?= torch==2.13.0
 DEPS := numpy pybind11 ninja setuptools wheel tqdm matplotlib scikit-learn \
-        pytest pytest-benchmark scipy psutil
+        pytest pytest-benchmark scipy psutil hypothesis
 EXT_SOURCES := setup.py pyproject.toml $(sort $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu))
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: test demo bench bench-setup cuda-check install clean
+.PHONY: test demo bench bench-setup cuda-check install clean fuzz sanitize
 
 install: $(VENV)/.fastntk-built
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.deps-installed: | $(PY)
+$(VENV)/.deps-installed: Makefile | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install $(DEPS)
 	touch $@
@@ -40,6 +40,18 @@ demo: install
 
 cuda-check:
 	bash scripts/cuda_check.sh
+
+# The property tests (tests/test_properties.py) with random seeds and
+# FASTNTK_FUZZ_EXAMPLES examples in all (`make test` runs a fixed few hundred).
+FASTNTK_FUZZ_EXAMPLES ?= 20000
+fuzz: install
+	FASTNTK_HYPOTHESIS_PROFILE=fuzz FASTNTK_FUZZ_EXAMPLES=$(FASTNTK_FUZZ_EXAMPLES) \
+	  $(PY) -m pytest tests/test_properties.py -q -p no:cacheprovider --hypothesis-show-statistics
+
+# The CPU extension built with ASan and UBSan into build/sanitize, and the op
+# and engine tests run against it; any sanitizer report fails.
+sanitize: $(VENV)/.deps-installed
+	PY=$(PY) bash scripts/sanitize.sh
 
 clean:
 	rm -rf build *.egg-info fastntk/_C*.so $(VENV)/.fastntk-built

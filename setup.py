@@ -3,7 +3,10 @@
 A CUDAExtension when FORCE_CUDA=1, or when torch was built with CUDA and a
 CUDA toolkit is found; otherwise a CppExtension (CPU kernels only). Settings
 honoured: CUDA_HOME, TORCH_CUDA_ARCH_LIST (defaulted when no GPU is visible),
-MAX_JOBS, NVCC_FLAGS (split like a shell), DEBUG=1, FORCE_CUDA=1,
+MAX_JOBS, NVCC_FLAGS (split like a shell), FASTNTK_CXX_FLAGS and
+FASTNTK_LINK_FLAGS (extra C++ compiler and linker flags, split like a shell,
+after the defaults so that e.g. an -O level there wins; scripts/sanitize.sh
+uses them), DEBUG=1, FORCE_CUDA=1,
 FASTNTK_NO_EXTENSION=1 (pure-Python install that runs on the reference ops).
 Install with ``pip install --no-build-isolation .`` so the build uses your torch.
 """
@@ -47,6 +50,8 @@ def _extensions():
         # at::parallel_for is header code: it only runs threads if we build with OpenMP too.
         cxx_flags += ["-fopenmp"]
         link_flags += ["-fopenmp"]
+    cxx_flags += shlex.split(os.environ.get("FASTNTK_CXX_FLAGS", ""))
+    link_flags += shlex.split(os.environ.get("FASTNTK_LINK_FLAGS", ""))
     define_macros = []
     extra_compile_args = {"cxx": cxx_flags}
 

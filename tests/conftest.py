@@ -82,11 +82,12 @@ def oracle_ntk(model, x1, x2=None) -> torch.Tensor:
     return sum(oracle_ntk_per_param(model, x1, x2).values())
 
 
-def oracle_layerwise(model, layers, x1, x2=None) -> torch.Tensor:
+def oracle_layerwise(model, layers, x1, x2=None, per=None) -> torch.Tensor:
     """(L, 2, N1, N2, K, K): per-parameter terms placed by the first layer
     that uses each parameter (matched by storage, independently of the
-    engine); frozen parameters have no term."""
-    per = oracle_ntk_per_param(model, x1, x2)
+    engine); frozen parameters have no term. ``per``:
+    oracle_ntk_per_param(model, x1, x2) if already computed."""
+    per = oracle_ntk_per_param(model, x1, x2) if per is None else per
     named = dict(model.named_parameters())
     any_term = next(iter(per.values()))
     out = torch.zeros((len(layers), 2) + any_term.shape, dtype=any_term.dtype)
