@@ -215,6 +215,10 @@ def ntk(
     layerwise: bool = False,
     allow_tf32: bool = False,
     progress: bool | None = None,
+    max_memory: int | str | None = None,
+    block_size: int | None = None,
+    out: "torch.Tensor | str | None" = None,
+    resume: bool = False,
 ) -> torch.Tensor:
     """Empirical NTK Theta(x1, x2) of a dense network, exactly, without Jacobians.
 
@@ -238,6 +242,9 @@ def ntk(
         float32, several times faster on Ampere and newer). Off by default.
     progress : show a progress bar over layers (tqdm, on stderr). None:
         only for long calls (more than ~10^11 Gram flops) on a terminal.
+    max_memory, block_size, out, resume : bounded memory and out of core:
+        given any of them, the kernel is computed in row/column blocks by
+        :func:`fastntk.scale.blocked_ntk`, which documents them.
 
     Returns
     -------
@@ -250,6 +257,12 @@ def ntk(
         For an unsupported model, or inputs of the wrong type, shape, dtype or
         device, empty, or containing NaN/Inf; the message names the argument.
     """
+    if max_memory is not None or block_size is not None or out is not None or resume is not False:
+        from .scale.blocked import blocked_ntk
+
+        return blocked_ntk(model, x1, x2, outputs=outputs, layerwise=layerwise, allow_tf32=allow_tf32,
+                           progress=progress, max_memory=max_memory, block_size=block_size, out=out,
+                           resume=resume)
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)
@@ -267,26 +280,37 @@ def ntk(
     with torch.no_grad(), _tf32(allow_tf32):
         out = torch.zeros(shape, dtype=x1.dtype, device=x1.device)
         signals1 = _layer_signals(layers, x1, _forward(layers, x1))
-        # x2 = x1: one forward/backward pass serves both sides of every Gram.
-        pairs = ((l, a1, a1, d1, d1) for l, a1, d1 in signals1) if symmetric else (
-            (l, a1, a2, d1, d2)
-            for (l, a1, d1), (_, a2, d2) in zip(signals1, _layer_signals(layers, x2, _forward(layers, x2)))
-        )
-        bar = _progress_bar(layers, n1 * n2, outputs, progress)
-        try:
-            if layerwise:
-                accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
-                for l, a1, a2, d1, d2 in pairs:
-                    _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
-                    bar.update(1)
-            else:
-                # The CPU kernel fuses layers only for x2 = x1 (measured: no gain
-                # otherwise), so caching signals would there cost memory for nothing.
-                fuses = symmetric or out.device.type != "cpu"
-                _accumulate_fused(out, layers, pairs, outputs, bar, cache_limit=out.numel() if fuses else 0)
-        finally:
-            bar.close()
+        signals2 = None if symmetric else _layer_signals(layers, x2, _forward(layers, x2))
+        _add_kernel(out, layers, signals1, signals2, outputs, layerwise, progress)
     return out
+
+
+def _add_kernel(out: torch.Tensor, layers: list[DenseLayer], signals1, signals2, outputs: str,
+                layerwise: bool, progress: bool | None) -> None:
+    """out += Theta(x1, x2) from per-layer signals as :func:`_layer_signals`
+    yields them (an iterator or a cached list); signals2 None means x2 = x1:
+    one forward/backward pass serves both sides of every Gram, and out comes
+    out exactly symmetric. The blocked driver (fastntk.scale) calls this per
+    block with the row block's signals cached."""
+    symmetric = signals2 is None
+    n1, n2 = out.shape[2:4] if layerwise else out.shape[:2]
+    pairs = ((l, a1, a1, d1, d1) for l, a1, d1 in signals1) if symmetric else (
+        (l, a1, a2, d1, d2) for (l, a1, d1), (_, a2, d2) in zip(signals1, signals2)
+    )
+    bar = _progress_bar(layers, n1 * n2, outputs, progress)
+    try:
+        if layerwise:
+            accumulate = functools.partial(_ops.ntk_accumulate, outputs=outputs)
+            for l, a1, a2, d1, d2 in pairs:
+                _accumulate(accumulate, out, layers[l], layerwise, l, a1, a2, d1, d2, split_bias=True)
+                bar.update(1)
+        else:
+            # The CPU kernel fuses layers only for x2 = x1 (measured: no gain
+            # otherwise), so caching signals would there cost memory for nothing.
+            fuses = symmetric or out.device.type != "cpu"
+            _accumulate_fused(out, layers, pairs, outputs, bar, cache_limit=out.numel() if fuses else 0)
+    finally:
+        bar.close()
 
 
 def _accumulate_fused(out: torch.Tensor, layers: list[DenseLayer], pairs, outputs: str, bar,
