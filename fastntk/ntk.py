@@ -350,6 +350,10 @@ def ntk_diag(
     *,
     outputs: str | Outputs = "full",
     layerwise: bool = False,
+    max_memory: int | str | None = None,
+    block_size: int | None = None,
+    out: "torch.Tensor | str | None" = None,
+    resume: bool = False,
 ) -> torch.Tensor:
     """Per-sample diagonal Theta(x_i, x_i), linear in N (no N x N matrix).
 
@@ -363,11 +367,19 @@ def ntk_diag(
     outputs : ``"full"`` -> (N, K, K); ``"trace"`` -> (N,); ``"per_output"``
         -> (N, K).
     layerwise : prepend axes (L, 2) (weight, bias terms per layer).
+    max_memory, block_size, out, resume : bounded memory and out of core:
+        given any of them, inputs go in blocks through
+        :func:`fastntk.scale.blocked_ntk_diag`, which documents them.
 
     Returns
     -------
     Tensor of the model's dtype and device, shaped as above.
     """
+    if max_memory is not None or block_size is not None or out is not None or resume is not False:
+        from .scale.blocked import blocked_ntk_diag
+
+        return blocked_ntk_diag(model, x, outputs=outputs, layerwise=layerwise, max_memory=max_memory,
+                                block_size=block_size, out=out, resume=resume)
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)
