@@ -233,11 +233,14 @@ PEAK_SCRIPT = textwrap.dedent("""
 def test_peak_memory_stays_under_max_memory(tmp_path):
     """Peak resident memory of the process (VmHWM, which sees torch's
     allocations too, unlike tracemalloc) above its baseline, in a fresh
-    subprocess so that nothing else shares the heap."""
+    subprocess so that nothing else shares the heap. glibc's fixed mmap
+    threshold makes freed blocks leave the RSS, so the peak is what the call
+    keeps alive at once (with its default, growing threshold, freed heap
+    blocks can stay resident: measured up to ~1.1x the budget here)."""
     script = tmp_path / "peak.py"
     script.write_text(PEAK_SCRIPT)
     budget = 24 * 2**20
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
     result = subprocess.run([sys.executable, str(script), "2000", str(budget)], capture_output=True, text=True,
                             env=env, timeout=300, check=True)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
