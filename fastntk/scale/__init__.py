@@ -11,7 +11,8 @@ eigenvalues, and torch.distributed.
 - :mod:`fastntk.scale.distributed`: the same over torch.distributed ranks.
 """
 
+from . import distributed
 from .blocked import blocked_ntk, blocked_ntk_diag
 from .products import KernelRegression, NTKOperator, eigh, kernel_regression, ntk_operator, ntk_vp
 
-__all__ = ["blocked_ntk", "blocked_ntk_diag", "NTKOperator", "KernelRegression", "ntk_vp", "ntk_operator", "eigh", "kernel_regression"]
+__all__ = ["distributed", "blocked_ntk", "blocked_ntk_diag", "NTKOperator", "KernelRegression", "ntk_vp", "ntk_operator", "eigh", "kernel_regression"]

@@ -289,16 +289,19 @@ def _default_iterations(n: int, k: int) -> int:
 
 def lanczos(matmat: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, which: str, *,
             dtype: torch.dtype, device: torch.device, tol: float, max_iter: int | None = None,
-            allsum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, seed: int = 0):
+            allsum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, seed: int = 0,
+            n_total: int | None = None):
     """k extreme eigenpairs of a symmetric operator by Lanczos with full
     reorthogonalization (no restarts), stopping when every wanted Ritz pair's
     residual |beta_j s_ji| is below tol times the largest Ritz value.
 
     ``matmat`` maps (n, 1) to (n, 1); ``allsum`` completes inner products of
-    vectors that are sharded over processes (the identity in one process).
+    vectors that are sharded over processes (the identity in one process),
+    n being this process's rows and n_total everyone's (default n).
     Returns (values (k,), vectors (n, k), converged: bool).
     """
-    max_iter = _default_iterations(n, k) if max_iter is None else max_iter
+    n_total = n if n_total is None else n_total
+    max_iter = min(n_total, _default_iterations(n_total, k) if max_iter is None else max_iter)
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(n, 1, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
     basis = torch.zeros(n, max_iter + 1, dtype=dtype, device=device)
@@ -314,14 +317,14 @@ def lanczos(matmat: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, whic
         beta = allsum((w * w).sum()).sqrt().item()
         betas.append(beta)
         steps = j + 1
-        if steps >= k and (steps % 5 == 0 or steps == max_iter or beta == 0.0 or steps == n):
+        if steps >= k and (steps % 5 == 0 or steps == max_iter or beta == 0.0 or steps == n_total):
             t = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
             theta, s = np.linalg.eigh(t)
             order = np.argsort(theta)[::-1][:k] if which == "LA" else np.argsort(theta)[:k]
             residual = np.abs(beta * s[-1, order])
             scale = max(np.abs(theta).max(), np.finfo(np.float64).tiny)
             values, ritz = theta[order], s[:, order]
-            if np.all(residual <= tol * scale) or beta <= 1e-14 * scale or steps == n:
+            if np.all(residual <= tol * scale) or beta <= 1e-14 * scale or steps == n_total:
                 converged = True
                 break
         if beta == 0.0:
