@@ -256,8 +256,8 @@ def blocked_ntk_diag(
 ) -> torch.Tensor:
     """Theta(x_i, x_i) as :func:`fastntk.ntk_diag` computes it, over blocks of
     inputs within a memory budget; ``out`` and ``resume`` as in
-    :func:`blocked_ntk`. Equal to the unblocked call: each row's value is
-    computed by the same per-row reductions."""
+    :func:`blocked_ntk`. Equal to the unblocked call up to float summation
+    order (the per-row reductions may vectorize differently per block)."""
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)

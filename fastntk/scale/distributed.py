@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .blocked import blocked_ntk
-from .products import NTKOperator, _check_which, _default_iterations, lanczos
+from .products import NTKOperator, _check_which, _default_iterations, _default_tol, lanczos
 
 
 def _world(group) -> tuple[int, int]:
@@ -146,7 +146,7 @@ def ntk_vp(model: nn.Module, x_local: torch.Tensor, v_local: torch.Tensor, *, ou
 
 
 def eigh(model: nn.Module, x_local: torch.Tensor, k: int = 20, *, which: str = "LA", outputs: str = "trace",
-         tol: float = 1e-10, max_iter: int | None = None, max_memory: int | str | None = None,
+         tol: float | None = None, max_iter: int | None = None, max_memory: int | str | None = None,
          block_size: int | None = None, group=None):
     """The k extreme eigenpairs of Theta(x, x), x sharded over the ranks, by
     Lanczos with all_reduce'd products and inner products.
@@ -162,6 +162,7 @@ def eigh(model: nn.Module, x_local: torch.Tensor, k: int = 20, *, which: str = "
         raise ValueError(f"outputs must be 'trace' or 'full' for eigh; got {outputs!r}")
     op = ntk_operator(model, x_local, outputs=outputs, max_memory=max_memory, block_size=block_size, group=group)
     allsum = _allsum(group)
+    tol = _default_tol(op.dtype) if tol is None else tol
     n = int(allsum(torch.tensor([op.shape[0]], dtype=torch.int64, device=op.device)).item())
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"k must be an int with 1 <= k < {n} (the operator's size); got {k!r}")

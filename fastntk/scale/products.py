@@ -192,15 +192,16 @@ class NTKOperator:
             for g in grads:
                 self._reduce(g[0])
                 self._reduce(g[1])
+        # The scales go on the gradients (parameter-sized) rather than on the
+        # (block x R n) products, and the bias term rides in the GEMM (addmm).
+        scaled = [((layer.scale ** 2) * g_w, (layer.bias_scale ** 2) * g_b)
+                  for layer, (g_w, g_b) in zip(layers, grads)]
         out = torch.empty((self._rows.x.shape[0], k, m), dtype=self.dtype, device=self.device)
         for rows, features in self._rows.blocks():
             acc = None
             for l, (a, delta) in enumerate(features):
-                layer = layers[l]
-                back = (layer.scale ** 2) * (a @ grads[l][0].t())
-                if layer.bias_scale != 0.0:
-                    back += (layer.bias_scale ** 2) * grads[l][1]
-                term = _apply(delta, back, per_output)
+                g_w, g_b = scaled[l]
+                term = _apply(delta, torch.addmm(g_b, a, g_w.t()), per_output)
                 acc = term if acc is None else acc.add_(term)
             out[rows] = acc
         return out.sum(1) if self.outputs == "trace" else out.reshape(-1, m)
@@ -336,6 +337,10 @@ def lanczos(matmat: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, whic
     return torch.as_tensor(values.copy(), dtype=dtype, device=device), vectors, converged
 
 
+def _default_tol(dtype: torch.dtype) -> float:
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
 def _check_which(which) -> str:
     if which not in ("LA", "SA"):
         raise ValueError(f"which must be 'LA' (largest) or 'SA' (smallest algebraic); got {which!r}")
@@ -343,7 +348,7 @@ def _check_which(which) -> str:
 
 
 def eigh(model: nn.Module, x: torch.Tensor, k: int = 20, *, which: str = "LA", outputs: str = "trace",
-         method: str | None = None, tol: float = 1e-10, max_iter: int | None = None,
+         method: str | None = None, tol: float | None = None, max_iter: int | None = None,
          max_memory: int | str | None = None, block_size: int | None = None):
     """The k largest (``which="LA"``) or smallest (``"SA"``) eigenpairs of the
     NTK Theta(x, x), without forming it.
@@ -358,7 +363,8 @@ def eigh(model: nn.Module, x: torch.Tensor, k: int = 20, *, which: str = "LA", o
     method : ``"scipy"`` (ARPACK's implicitly restarted Lanczos, eigsh; CPU
         only) or ``"lanczos"`` (torch, full reorthogonalization, any device).
         Default: scipy on CPU, lanczos elsewhere.
-    tol : relative accuracy of the eigenvalues.
+    tol : relative accuracy of the eigenvalues (default 1e-10 for a float64
+        model, 1e-5 otherwise).
     max_iter : Lanczos steps (default min(N, max(20 k, 200))); ARPACK's
         maxiter for scipy.
     max_memory, block_size : see :class:`NTKOperator`.
@@ -373,6 +379,7 @@ def eigh(model: nn.Module, x: torch.Tensor, k: int = 20, *, which: str = "LA", o
         raise ValueError(f"outputs must be 'trace' or 'full' for eigh; got {outputs!r}")
     which = _check_which(which)
     op = NTKOperator(model, x, outputs=outputs, max_memory=max_memory, block_size=block_size)
+    tol = _default_tol(op.dtype) if tol is None else tol
     n = op.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"k must be an int with 1 <= k < {n} (the operator's size); got {k!r}")
@@ -458,7 +465,7 @@ class KernelRegression:
 
 
 def kernel_regression(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0, *,
-                      outputs: str = "full", tol: float = 1e-10, max_iter: int | None = None,
+                      outputs: str = "full", tol: float | None = None, max_iter: int | None = None,
                       max_memory: int | str | None = None, block_size: int | None = None) -> KernelRegression:
     """NTK kernel regression: solve (Theta(x, x) + ridge I) alpha = y by
     Jacobi-preconditioned conjugate gradients on matrix-free products.
@@ -475,7 +482,8 @@ def kernel_regression(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ridge:
     ridge : >= 0, added to the diagonal (0: interpolation; Theta must then be
         non-singular on x).
     outputs : ``"full"`` or ``"trace"``.
-    tol : relative residual to reach per column. max_iter : default 10 N.
+    tol : relative residual to reach per column (default 1e-10 for a float64
+        model, 1e-5 otherwise). max_iter : default 10 N.
     max_memory, block_size : see :class:`NTKOperator`.
 
     Returns
@@ -504,6 +512,7 @@ def kernel_regression(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ridge:
         diag = ntk_diag(model, x, outputs="trace").reshape(-1, 1)
     b = y.detach().to(dtype=op.dtype, device=op.device).reshape(op.shape[0], -1)
     ridge = float(ridge)
+    tol = _default_tol(op.dtype) if tol is None else tol
     alpha, iterations, residual = conjugate_gradient(
         lambda p: op.matmat(p) + ridge * p, b, diag.to(op.dtype) + ridge, tol=tol,
         max_iter=10 * op.shape[0] if max_iter is None else max_iter)
