@@ -38,6 +38,7 @@ def status(key):
             return int(line.split()[1]) * 1024
 
 kind, n = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(int(sys.argv[3]))
 net = fastntk.MLP([64, 512, 512, 512, 1], sigma_w=2 ** 0.5, seed=0)
 x = torch.randn(n, 64, generator=torch.Generator().manual_seed(1))
 v = torch.randn(n)
@@ -60,8 +61,8 @@ print(json.dumps({"kind": kind, "n": n, "seconds": seconds, "peak_mb": (status("
 """
 
 SIZES = {
-    "dense (unblocked)": [1000, 2000, 4000, 8000],
-    "dense blocked": [1000, 2000, 4000, 8000],
+    "dense (unblocked)": [1000, 2000, 4000],
+    "dense blocked": [1000, 2000, 4000],
     "ntk_vp": [1000, 4000, 16000, 64000],
     "eigh k=10": [1000, 4000, 16000],
 }
@@ -78,15 +79,17 @@ def fit(points: list[dict], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the first three sizes of each row")
+    parser.add_argument("--quick", action="store_true", help="the first two sizes of each row")
     parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: steadier on a shared machine, where OpenMP barriers stall)")
     args = parser.parse_args()
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     results = {}
     for kind, sizes in SIZES.items():
         results[kind] = []
-        for n in sizes[:3] if args.quick else sizes:
-            run = subprocess.run([sys.executable, "-c", POINT, kind, str(n)], capture_output=True, text=True,
+        for n in sizes[:2] if args.quick else sizes:
+            run = subprocess.run([sys.executable, "-c", POINT, kind, str(n), str(args.threads)], capture_output=True, text=True,
                                  env=env, check=True)
             point = json.loads(run.stdout.strip().splitlines()[-1])
             results[kind].append(point)

@@ -251,7 +251,8 @@ def ntk_vp(model: nn.Module, x: torch.Tensor, v: torch.Tensor, x2: torch.Tensor 
     >>> fastntk.ntk_vp(net, x, torch.ones(100)).shape
     torch.Size([100])
     """
-    op = NTKOperator(model, x, x2, outputs=outputs, max_memory=max_memory, block_size=block_size, cache=False)
+    # Cached when the signals fit: with x2 = x1 both passes then share one forward/backward.
+    op = NTKOperator(model, x, x2, outputs=outputs, max_memory=max_memory, block_size=block_size)
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"v must be a torch.Tensor; got {type(v).__name__}")
     n2 = op.shape[1] if op.outputs == "trace" else op.shape[1] // op.k
