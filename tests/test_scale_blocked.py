@@ -25,6 +25,8 @@ OUTPUTS = ["full", "trace", "per_output"]
 #: grouping): a few ulps of the largest entry in float64.
 SUMMATION_ORDER_TOL = 1e-13
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def mirror(t: torch.Tensor, outputs: str, lead: int = 0) -> torch.Tensor:
     t = t.transpose(lead, lead + 1)

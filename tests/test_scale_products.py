@@ -15,6 +15,8 @@ from test_ntk import inputs, make_mlp
 
 SHAPES = [([5, 7, 6, 3], 9, 4), ([4, 9, 1], 6, 6), ([3, 5, 5, 5, 2], 5, 3)]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def dense_product(theta: torch.Tensor, v: torch.Tensor, outputs: str) -> torch.Tensor:
     """Theta v from the oracle's dense kernel."""
