@@ -250,3 +250,29 @@ def test_peak_memory_stays_under_max_memory(tmp_path):
     assert measured["blocked"] <= budget, measured
     # The budget binds: without blocks the same call needs more than budget besides its output.
     assert measured["unblocked"] - measured["out"] > budget, measured
+
+
+def test_progress_bar_counts_blocks(monkeypatch):
+    """progress=True: one bar over the blocks still to compute (tqdm shows its ETA)."""
+    bars = []
+
+    class Recorder:
+        def __init__(self, total):
+            self.total, self.done, self.closed = total, 0, False
+
+        def update(self, n=1):
+            self.done += n
+
+        def close(self):
+            self.closed = True
+
+    def fake_bar(progress, total, desc, *, worth_it, unit="it"):
+        assert progress is True and unit == "block"
+        bars.append(Recorder(total))
+        return bars[-1]
+
+    monkeypatch.setattr(blocked, "progress_bar", fake_bar)
+    net = make_mlp([4, 6, 2], "relu")
+    fastntk.ntk(net, inputs(10, 4), block_size=4, progress=True)  # 3 row blocks: 6 in the triangle
+    blocked.blocked_ntk_diag(net, inputs(10, 4), block_size=4, progress=True)
+    assert [(b.total, b.done, b.closed) for b in bars] == [(6, 6, True), (3, 3, True)]
