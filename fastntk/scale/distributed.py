@@ -13,8 +13,8 @@ call these functions on every rank after ``torch.distributed.init_process_group`
   own shard; the parameter-sized gradients J^T v and the Lanczos inner
   products are summed with all_reduce, and results come back sharded.
 
-Run ``torchrun --nproc_per_node=2 -m fastntk.scale.distributed --help`` for a
-command-line driver.
+Run ``torchrun --nproc_per_node=2 -m fastntk.scale --help`` for a
+command-line driver (:func:`main`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None, *, o
         dist.barrier(group)
         full = np.memmap(out, dtype=np_dtype, mode="r+", shape=shape)
         if len(rows):
-            band = full[(slice(None),) * lead + (slice(rows.start, rows.stop),)]
+            # A plain view of the file's rows: the ranks share one file, and a
+            # per-band resume sidecar would be meaningless.
+            band = full[(slice(None),) * lead + (slice(rows.start, rows.stop),)].view(np.ndarray)
             single(model, x1[rows.start:rows.stop], columns, outputs=outputs, layerwise=layerwise,
                    max_memory=max_memory, block_size=block_size, out=band, progress=progress)
         full.flush()
@@ -182,12 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line driver: the NTK of a random MLP on random inputs over all
     ranks (under torchrun), its kernel written to a file and/or its top
     eigenvalues printed by rank 0."""
-    parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=P -m fastntk.scale.distributed",
+    parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=P -m fastntk.scale",
                                      description=main.__doc__)
     parser.add_argument("--widths", default="784,1024,1024,10", help="comma-separated MLP widths")
-    parser.add_argument("--n", type=int, default=4096, help="number of random inputs")
+    parser.add_argument("--inputs", type=int, default=4096, help="number of random inputs")
     parser.add_argument("--outputs", default="trace", choices=["trace", "full", "per_output"])
-    parser.add_argument("--out", help="write the kernel to this file (shared by all ranks)")
+    parser.add_argument("--kernel-file", help="write the kernel to this file (shared by all ranks)")
     parser.add_argument("--eigh", type=int, default=0, help="also print the k largest eigenvalues")
     parser.add_argument("--max-memory", default=None, help="per rank, e.g. 8GB")
     parser.add_argument("--seed", type=int, default=0)
@@ -202,13 +204,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(device)
     widths = [int(w) for w in args.widths.split(",")]
     net = MLP(widths, seed=args.seed, device=device)  # the same init on every rank
-    x = torch.randn(args.n, widths[0], generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-    if args.out:
-        t = _timed(lambda: ntk(net, x, outputs=args.outputs, out=args.out, max_memory=args.max_memory))
+    x = torch.randn(args.inputs, widths[0], generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    if args.kernel_file:
+        t = _timed(lambda: ntk(net, x, outputs=args.outputs, out=args.kernel_file, max_memory=args.max_memory))
         if rank == 0:
-            print(f"kernel {args.outputs} of {args.n} inputs written to {args.out} by {world} ranks in {t:.1f} s")
+            print(f"kernel {args.outputs} of {args.inputs} inputs written to {args.kernel_file} by {world} ranks in {t:.1f} s")
     if args.eigh:
-        rows = shard(args.n, world, rank)
+        rows = shard(args.inputs, world, rank)
         result = {}
         t = _timed(lambda: result.update(values=eigh(net, x[rows.start:rows.stop], args.eigh,
                                                      max_memory=args.max_memory)[0]))
@@ -225,6 +227,3 @@ def _timed(call) -> float:
     dist.barrier()
     return time.perf_counter() - start
 
-
-if __name__ == "__main__":
-    main()
