@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastntk
-from conftest import TOL, oracle_ntk, reduce_outputs, rel_err
+from conftest import FLOAT32_FACTOR, FLOAT32_FLOOR, TOL, oracle_ntk, reduce_outputs, rel_err
 from test_ntk import inputs, make_mlp
 
 SHAPES = [([5, 7, 6, 3], 9, 4), ([4, 9, 1], 6, 6), ([3, 5, 5, 5, 2], 5, 3)]
@@ -143,3 +143,41 @@ def test_bad_arguments_are_refused_by_name():
     before = v.clone()
     fastntk.ntk_vp(net, x, v, outputs="full")
     assert torch.equal(v, before)
+
+
+@pytest.mark.parametrize("outputs", ["full", "trace", "per_output"])
+def test_streamed_signals_equal_cached(outputs):
+    """cache=False recomputes each block's signals in both passes of every
+    product (bounded memory): the same numbers as the cached operator."""
+    net = make_mlp([6, 12, 12, 3], "gelu", "standard")
+    x1, x2 = inputs(17, 6), inputs(11, 6, seed=2)
+    for cols in (x2, None):
+        cached = fastntk.NTKOperator(net, x1, cols, outputs=outputs, cache=True, block_size=5)
+        streamed = fastntk.NTKOperator(net, x1, cols, outputs=outputs, cache=False, block_size=4)
+        v = torch.randn(cached.shape[1], 2, dtype=torch.float64)
+        assert rel_err(streamed @ v, cached @ v) <= 1e-13
+
+
+@pytest.mark.parametrize("outputs", ["full", "trace"])
+def test_float32_within_plain_pytorch_error(outputs):
+    widths = [16, 64, 64, 4]
+    net64 = make_mlp(widths, "relu")
+    net32 = make_mlp(widths, "relu", dtype=torch.float32)
+    x = inputs(12, 16)
+    v = torch.randn((12,) if outputs == "trace" else (12, 4), dtype=torch.float64)
+    ref = dense_product(reduce_outputs(oracle_ntk(net64, x), outputs), v, outputs)
+    plain32 = dense_product(reduce_outputs(oracle_ntk(net32, x.float()), outputs), v.float(), outputs)
+    got32 = fastntk.ntk_vp(net32, x.float(), v.float(), outputs=outputs)
+    assert got32.dtype == torch.float32
+    assert rel_err(got32, ref) <= max(FLOAT32_FACTOR * rel_err(plain32, ref), FLOAT32_FLOOR)
+
+
+def test_half_precision_model_computes_in_float32():
+    net = make_mlp([6, 16, 3], "tanh", dtype=torch.float32)
+    half = make_mlp([6, 16, 3], "tanh", dtype=torch.float32).to(torch.bfloat16)
+    net.load_state_dict({k: t.float() for k, t in half.state_dict().items()})
+    x = inputs(5, 6, dtype=torch.float32).to(torch.bfloat16)
+    v = torch.randn(5, 3)
+    got = fastntk.ntk_vp(half, x, v, outputs="full")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, fastntk.ntk_vp(net, x.float(), v, outputs="full"), rtol=0, atol=0)
