@@ -277,3 +277,24 @@ def test_progress_bar_counts_blocks(monkeypatch):
     fastntk.ntk(net, inputs(10, 4), block_size=4, progress=True)  # 3 row blocks: 6 in the triangle
     blocked.blocked_ntk_diag(net, inputs(10, 4), block_size=4, progress=True)
     assert [(b.total, b.done, b.closed) for b in bars] == [(6, 6, True), (3, 3, True)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_peak_memory_stays_under_max_memory():
+    """torch.cuda.max_memory_allocated sees every tensor the call allocates."""
+    net = make_mlp([16, 128, 128, 1], "relu", device="cuda")
+    x = inputs(3000, 16, "cuda")
+    out = torch.zeros(3000, 3000, dtype=torch.float64, device="cuda")
+    fastntk.ntk(net, x[:64], outputs="trace", block_size=32)
+    budget = 24 * 2**20
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fastntk.ntk(net, x, outputs="trace", max_memory=budget, out=out)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base <= budget
+    torch.cuda.reset_peak_memory_stats()
+    plain = fastntk.ntk(net, x, outputs="trace")
+    assert torch.cuda.max_memory_allocated() - base - plain.numel() * 8 > budget  # the budget binds
+    assert rel_err(out, plain) <= SUMMATION_ORDER_TOL
