@@ -275,6 +275,10 @@ def ntk(
     layerwise: bool = False,
     allow_tf32: bool = False,
     progress: bool | None = None,
+    max_memory: int | str | None = None,
+    block_size: int | None = None,
+    out: "torch.Tensor | str | None" = None,
+    resume: bool = False,
 ) -> torch.Tensor:
     """Empirical NTK Theta(x1, x2) of a dense network, exactly, without Jacobians.
 
@@ -304,6 +308,9 @@ def ntk(
         float32, several times faster on Ampere and newer). Off by default.
     progress : show a progress bar over layers (tqdm, on stderr). None:
         only for long calls (more than ~10^11 Gram flops) on a terminal.
+    max_memory, block_size, out, resume : bounded memory and out of core:
+        given any of them, the kernel is computed in row/column blocks by
+        :func:`fastntk.scale.blocked_ntk`, which documents them.
 
     Returns
     -------
@@ -320,6 +327,12 @@ def ntk(
         (e.g. a deep chaotic network in float32); the message names the
         first layer that overflowed.
     """
+    if max_memory is not None or block_size is not None or out is not None or resume is not False:
+        from .scale.blocked import blocked_ntk
+
+        return blocked_ntk(model, x1, x2, outputs=outputs, layerwise=layerwise, allow_tf32=allow_tf32,
+                           progress=progress, max_memory=max_memory, block_size=block_size, out=out,
+                           resume=resume)
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)
@@ -347,8 +360,10 @@ def ntk(
 def _add_kernel(out: torch.Tensor, layers: list[DenseLayer], signals1, signals2, outputs: str,
                 layerwise: bool, progress: bool | None) -> None:
     """out += Theta(x1, x2) from per-layer signals as :func:`_layer_signals`
-    yields them; signals2 None means x2 = x1: one forward/backward pass
-    serves both sides of every Gram, and out comes out exactly symmetric."""
+    yields them (an iterator or a cached list); signals2 None means x2 = x1:
+    one forward/backward pass serves both sides of every Gram, and out comes
+    out exactly symmetric. The blocked driver (fastntk.scale) calls this per
+    block with the row block's signals cached."""
     symmetric = signals2 is None
     n1, n2 = out.shape[2:4] if layerwise else out.shape[:2]
     pairs = ((l, a1, a1, d1, d1) for l, a1, d1 in signals1) if symmetric else (
@@ -433,6 +448,10 @@ def ntk_diag(
     *,
     outputs: str | Outputs = "full",
     layerwise: bool = False,
+    max_memory: int | str | None = None,
+    block_size: int | None = None,
+    out: "torch.Tensor | str | None" = None,
+    resume: bool = False,
 ) -> torch.Tensor:
     """Per-sample diagonal Theta(x_i, x_i), linear in N (no N x N matrix).
 
@@ -446,6 +465,9 @@ def ntk_diag(
     outputs : ``"full"`` -> (N, K, K); ``"trace"`` -> (N,); ``"per_output"``
         -> (N, K).
     layerwise : prepend axes (L, 2) (weight, bias terms per layer).
+    max_memory, block_size, out, resume : bounded memory and out of core:
+        given any of them, inputs go in blocks through
+        :func:`fastntk.scale.blocked_ntk_diag`, which documents them.
 
     Frozen and shared parameters are handled as in :func:`ntk`.
 
@@ -458,6 +480,11 @@ def ntk_diag(
     TypeError, ValueError, FloatingPointError
         As :func:`ntk`.
     """
+    if max_memory is not None or block_size is not None or out is not None or resume is not False:
+        from .scale.blocked import blocked_ntk_diag
+
+        return blocked_ntk_diag(model, x, outputs=outputs, layerwise=layerwise, max_memory=max_memory,
+                                block_size=block_size, out=out, resume=resume)
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)

@@ -167,3 +167,20 @@ def test_meta_device_model_is_refused():
         fastntk.ntk(model, torch.randn(2, 4, device="meta"))
     with pytest.raises(ValueError, match="model is on the meta device"):
         fastntk.ntk_diag(model, torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("name", sorted(SHARED) + sorted(FROZEN))
+def test_matrix_free_and_blocked_paths_count_the_same_parameters(name):
+    """ntk_vp (gradients summed per tensor, none for a frozen one) and the
+    blocked driver agree with the torch.func oracle on shared and frozen models."""
+    model = (SHARED[name] if name in SHARED else FROZEN[name])()
+    model = (seeded(model) if name in SHARED else model).double()
+    d = first_features(model)
+    x = inputs(5, d)
+    expected = oracle_ntk(model, x)
+    n, k = expected.shape[0], expected.shape[2]
+    v = torch.randn(n, k, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got = fastntk.ntk_vp(model, x, v, outputs="full")
+    torch.testing.assert_close(got, torch.einsum("ijkl,jlm->ikm", expected, v), rtol=1e-10, atol=1e-10)
+    blocked = fastntk.ntk(model, x, block_size=2)
+    torch.testing.assert_close(blocked, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
