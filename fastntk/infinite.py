@@ -111,6 +111,11 @@ _INIT_PIECES = 4  # pieces of [0, pi] to start from
 _MAX_BISECTIONS = 40  # a piece narrower than pi / 2^40 is not halved again: its pairs are computed directly
 _INTERP_TOL = 1e-11  # accepted interpolation error, relative to the group's largest entry
 _INTERP_MIN_PAIRS = 256  # pairs sharing their input norms, above which interpolation pays
+_SERIES_TERMS = 512  # terms of the Mehler series
+_SERIES_TRUNC = 18.0  # |h_k phi| <= exp(-z^2 / 4) (up to a slowly growing factor): 1e-35 beyond
+_SERIES_PANEL = 0.3  # uniform panel width of its 1-D rule: about one wavelength of h_K
+_SERIES_TOL = 1e-13  # accepted series truncation error, relative to sqrt(E[f(u)^2] E[f(v)^2])
+_SERIES_MAX_VARIANCES = 64  # distinct variances above which the series does not pay
 _NORM_RTOL = 1e-13  # inputs whose squared norms differ by less share an interpolant
 _Q_INFINITE = 1e12  # where chi_1 of a divergent length map is evaluated
 
@@ -166,9 +171,10 @@ def _square(name: str, value: float) -> float:
 class _Act:
     """An activation by name with its parameters (validated)."""
 
-    __slots__ = ("name", "negative_slope", "beta", "threshold")
+    __slots__ = ("name", "negative_slope", "beta", "threshold", "cache")
 
     def __init__(self, name, negative_slope=0.01, softplus_beta=1.0, softplus_threshold=20.0):
+        self.cache = {}  # Hermite coefficients by (variance, order), for one call's many layers and nodes
         self.name = _check_choice("activation", name, ACTIVATIONS)
         self.negative_slope = _check_real("negative_slope", negative_slope)
         self.beta = _check_real("softplus_beta", softplus_beta, positive=True)
@@ -325,26 +331,27 @@ def _legendre(m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x).to(_DTYPE), torch.from_numpy(w).to(_DTYPE)
 
 
-def _levels(scale: torch.Tensor) -> torch.Tensor:
+def _levels(scale: torch.Tensor, panel: float = _PANEL) -> torch.Tensor:
     """How many graded panels lead from a feature of width ``scale`` to the uniform panels' width."""
-    span = (_PANEL / scale).clamp(min=1.0)
+    span = (panel / scale).clamp(min=1.0)
     return torch.ceil(torch.log(span) / math.log(_RATIO) - 1e-9).clamp(0, _MAX_LEVELS).to(torch.int64)
 
 
-def _graded_rule(centers: torch.Tensor, scale: torch.Tensor, levels: int, order: int):
+def _graded_rule(centers: torch.Tensor, scale: torch.Tensor, levels: int, order: int,
+                 trunc: float = _TRUNC, panel: float = _PANEL):
     """Nodes z and weights w (rows, M) with sum w f(z) ~ E[f(Z)], Z ~ N(0, 1),
     for rows of integrands that vary over ``scale`` (rows,) around each of
     ``centers`` (rows, C) and are smooth elsewhere: panels of width
     ``_PANEL`` on [-T, T], and inside the one holding a center, panels graded
     geometrically from ``scale`` at the center to ``_PANEL``."""
     rows = centers.shape[0]
-    bounds = [torch.linspace(-_TRUNC, _TRUNC, _UNIFORM + 1, dtype=_DTYPE).expand(rows, -1),
-              centers.clamp(-_TRUNC, _TRUNC)]
+    bounds = [torch.linspace(-trunc, trunc, round(2 * trunc / panel) + 1, dtype=_DTYPE).expand(rows, -1),
+              centers.clamp(-trunc, trunc)]
     if levels > 0:
-        width = scale.clamp(max=_PANEL)[:, None]
-        steps = width * (_PANEL / width) ** (torch.arange(levels, dtype=_DTYPE) / levels)
+        width = scale.clamp(max=panel)[:, None]
+        steps = width * (panel / width) ** (torch.arange(levels, dtype=_DTYPE) / levels)
         steps = torch.cat([-steps, steps], -1)  # (rows, 2 levels)
-        bounds.append((centers[:, :, None] + steps[:, None, :]).reshape(rows, -1).clamp(-_TRUNC, _TRUNC))
+        bounds.append((centers[:, :, None] + steps[:, None, :]).reshape(rows, -1).clamp(-trunc, trunc))
     b = torch.cat(bounds, -1).sort(-1).values
     x, w = _legendre(order)
     half = ((b[:, 1:] - b[:, :-1]) / 2)[..., None]
@@ -440,6 +447,71 @@ def _quad_2d(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, o
     return e, de
 
 
+# Away from |rho| = 1 the 2-D integrals are sums of 1-D ones (Mehler's
+# formula): with h_k = He_k / sqrt(k!) the orthonormal Hermite polynomials,
+#     E[f(u) g(v)] = sum_k a_k b_k rho^k,  a_k = E[f(sqrt(s1) z) h_k(z)],  b_k = E[g(sqrt(s2) z) h_k(z)].
+# The coefficients come from one graded 1-D rule per distinct variance,
+# wide enough for h_k's oscillations; a row uses the series when the terms
+# from _SERIES_TERMS / 2 on add up to less than _SERIES_TOL of the
+# expectation's scale (ten times over), else the 2-D rule.
+
+
+def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int):
+    """(a_k, a'_k) for k < _SERIES_TERMS: E[phi(sqrt(q) z) h_k(z)] and the same
+    for phi', for the distinct variances q (U,) -> two (U, K) tensors."""
+    root = torch.sqrt(q)
+    centers = _centers_over(act, root)
+    scale = act.scale / root
+    a = torch.empty(q.numel(), _SERIES_TERMS, dtype=_DTYPE)
+    da = torch.empty_like(a)
+    for (k,), idx in _groups(_levels(scale, _SERIES_PANEL)):
+        z, w = _graded_rule(centers[idx], scale[idx], k, order, _SERIES_TRUNC, _SERIES_PANEL)
+        h = torch.empty((_SERIES_TERMS,) + tuple(z.shape), dtype=_DTYPE)
+        h[0] = 1.0
+        h[1] = z
+        for n in range(1, _SERIES_TERMS - 1):  # h_{n+1} = (z h_n - sqrt(n) h_{n-1}) / sqrt(n + 1)
+            h[n + 1] = (z * h[n] - math.sqrt(n) * h[n - 1]) / math.sqrt(n + 1)
+        u = root[idx, None] * z
+        a[idx] = torch.einsum("kpm,pm->pk", h, w * act.phi(u))
+        da[idx] = torch.einsum("kpm,pm->pk", h, w * act.dphi(u))
+    return a, da
+
+
+def _series_pairs(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, order: int):
+    """Mehler-series (E[phi(u) phi(v)], E[phi'(u) phi'(v)], ok) for rows whose
+    variances take few distinct values; ``ok`` marks the rows where it converged."""
+    uq, inverse = torch.unique(torch.cat([s1, s2]), return_inverse=True)
+    a, da = _cached_coefficients(act, uq, order)
+    n_var = uq.numel()
+    combo, rows = torch.unique(inverse[:s1.numel()] * n_var + inverse[s1.numel():], return_inverse=True)
+    i1, i2 = combo // n_var, combo % n_var
+    powers = torch.cat([torch.ones_like(rho)[:, None],
+                        torch.cumprod(rho[:, None].expand(-1, _SERIES_TERMS - 1), 1)], 1)  # (P, K)
+    half = _SERIES_TERMS // 2
+    pick = torch.arange(rho.numel())
+    out, ok = [], torch.ones_like(rho, dtype=torch.bool)
+    for coef in (a, da):
+        c = (coef[i1] * coef[i2]).T  # (K, combos)
+        norm = torch.sqrt((coef[i1] ** 2).sum(1) * (coef[i2] ** 2).sum(1))  # sqrt(E[f(u)^2] E[f(v)^2])
+        tail = (powers[:, half:].abs() @ c[half:].abs())[pick, rows]
+        ok &= 10 * tail <= _SERIES_TOL * norm[rows]
+        out.append((powers @ c)[pick, rows])
+    return out[0], out[1], ok
+
+
+def _cached_coefficients(act: _Act, q: torch.Tensor, order: int):
+    """:func:`_hermite_coefficients`, remembered per activation, variance and order."""
+    keys = [(v, order) for v in q.tolist()]
+    missing = [i for i, k in enumerate(keys) if k not in act.cache]
+    if missing:
+        a, da = _hermite_coefficients(act, q[missing], order)
+        if len(act.cache) > 4096:
+            act.cache.clear()
+        for r, i in enumerate(missing):
+            act.cache[keys[i]] = (a[r], da[r])
+    return (torch.stack([act.cache[k][0] for k in keys]), torch.stack([act.cache[k][1] for k in keys]))
+
+
 def _expect_pairs(act: _Act, s1: torch.Tensor, s2: torch.Tensor, c: torch.Tensor, closed: bool, order: int):
     """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]) for 1-D tensors s1 = Var u,
     s2 = Var v, c = Cov(u, v): closed form, or quadrature with the 1-D rule
@@ -449,13 +521,22 @@ def _expect_pairs(act: _Act, s1: torch.Tensor, s2: torch.Tensor, c: torch.Tensor
         return _closed_pair(act, s1, s2, c, one)
     e, de = torch.empty_like(c), torch.empty_like(c)
     i1 = one.nonzero().squeeze(1)
-    if i1.numel():
-        b = torch.sqrt(s2[i1]) * torch.where(c[i1] < 0, -1.0, 1.0)
-        e[i1], de[i1] = _quad_1d(act, torch.sqrt(s1[i1]), b, order)
+    if i1.numel():  # few distinct (s1, s2, sign) here: the diagonal, duplicated inputs
+        key = torch.stack([s1[i1], s2[i1], torch.where(c[i1] < 0, -1.0, 1.0)], -1)
+        key, inverse = torch.unique(key, dim=0, return_inverse=True)
+        eu, deu = _quad_1d(act, torch.sqrt(key[:, 0]), torch.sqrt(key[:, 1]) * key[:, 2], order)
+        e[i1], de[i1] = eu[inverse], deu[inverse]
     i2 = (~one).nonzero().squeeze(1)
     if i2.numel():
         rho = c[i2] / (torch.sqrt(s1[i2]) * torch.sqrt(s2[i2]))
-        e[i2], de[i2] = _quad_2d(act, s1[i2], s2[i2], rho, order)
+        todo = torch.ones_like(rho, dtype=torch.bool)
+        if torch.unique(torch.cat([s1[i2], s2[i2]])).numel() <= _SERIES_MAX_VARIANCES:
+            es, des, todo = _series_pairs(act, s1[i2], s2[i2], rho, order)
+            todo = ~todo
+            e[i2], de[i2] = es, des
+        i3 = i2[todo]
+        if i3.numel():
+            e[i3], de[i3] = _quad_2d(act, s1[i3], s2[i3], rho[todo], order)
     return e, de
 
 
@@ -568,6 +649,38 @@ def _cheb_setup(n: int):
     return torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(check), torch.from_numpy(at_check)
 
 
+def _eval_pieces(breaks: torch.Tensor, coef: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The piecewise interpolant (breaks (m + 1,), coef (m, n + 1, ch)) at theta (P,):
+    values (ch, P) and each point's piece (P,)."""
+    piece = (torch.searchsorted(breaks, theta, right=True) - 1).clamp(0, coef.shape[0] - 1)
+    order = torch.argsort(piece)
+    counts = torch.bincount(piece, minlength=coef.shape[0]).tolist()
+    out = torch.empty(coef.shape[2], theta.numel(), dtype=_DTYPE)
+    start = 0
+    for p, count in enumerate(counts):
+        if count:
+            idx = order[start:start + count]
+            left, right = float(breaks[p]), float(breaks[p + 1])
+            x = ((2 * theta[idx] - (left + right)) / (right - left)).clamp(-1.0, 1.0)
+            out[:, idx] = _clenshaw_shared(coef[p], x)
+            start += count
+    return out, piece
+
+
+def _clenshaw_shared(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_j coef[j, :] T_j(x) for coef (n + 1, ch) and x (P,) -> (ch, P)."""
+    out = torch.empty(coef.shape[1], x.numel(), dtype=_DTYPE)
+    x2 = 2 * x
+    for ch, c in enumerate(coef.T.tolist()):  # one channel at a time, scalar coefficients
+        b1 = torch.zeros_like(x)
+        b2 = torch.zeros_like(x)
+        for cj in reversed(c[1:]):  # b_j = c_j + 2 x b_{j+1} - b_{j+2}, in place
+            b2.neg_().addcmul_(x2, b1).add_(cj)
+            b1, b2 = b2, b1
+        out[ch] = b2.neg_().addcmul_(x, b1).add_(c[0])
+    return out
+
+
 def _clenshaw(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_j coef[..., j, :] T_j(x) for coef (P, n + 1, ch), x (P,) -> (P, ch)."""
     b1 = torch.zeros_like(coef[:, 0])
@@ -666,10 +779,7 @@ def _kernel_entries(spec: _Spec, sq1: torch.Tensor, sq2: torch.Tensor, gram: tor
                 idx = members[g_id]
                 cos = g[idx] / (torch.sqrt(sq1[i[idx]]) * torch.sqrt(sq2[j[idx]]))  # each pair's own angle
                 theta = torch.acos(cos.clamp(-1.0, 1.0))
-                piece = (torch.searchsorted(breaks, theta, right=True) - 1).clamp(0, coef.shape[0] - 1)
-                left, right = breaks[piece], breaks[piece + 1]
-                x = ((2 * theta - left - right) / (right - left)).clamp(-1.0, 1.0)
-                out[:, idx] = _clenshaw(coef[piece], x).T
+                out[:, idx], piece = _eval_pieces(breaks, coef, theta)
                 direct[idx] = ~resolved[piece]
     rest = direct.nonzero().squeeze(1)
     if rest.numel():
@@ -895,7 +1005,8 @@ def _fixed_points(act, closed, order, sw2: np.ndarray, sb2: np.ndarray, q0: floa
         if direction < 0:
             grid = np.append(q0 * 2.0 ** -np.arange(1, 1076), 0.0)
         else:
-            grid = q0 * 2.0 ** np.arange(1, 1025)
+            with np.errstate(over="ignore"):
+                grid = q0 * 2.0 ** np.arange(1, 1025)
             grid = grid[np.isfinite(grid)]
         found = np.full(rows.size, -1)
         prev_val = g0[rows]
