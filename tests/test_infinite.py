@@ -448,7 +448,7 @@ def _case_inputs(sq1, sq2, dot, n0):
 @pytest.mark.parametrize("case", list(REFERENCE), ids=lambda c: f"{c[0]}-L{c[5]}-sw{c[6]:g}")
 def test_kernels_match_reference_table(case):
     """Every activation, depths to 11, variances from ~1e-2 to 1e6, correlations
-    up to 1 - 1e-5, ordered and chaotic: within 1e-9 of the kernel's scale."""
+    up to 1 - 1e-5, ordered and chaotic: within 1e-10 of the kernel's scale (the docstring's promise)."""
     activation, sq1, sq2, dot, n0, depth, sw, sb = case
     want_nngp, want_ntk = REFERENCE[case]
     x = _case_inputs(sq1, sq2, dot, n0)
@@ -458,10 +458,10 @@ def test_kernels_match_reference_table(case):
         for f, want in ((infinite.nngp, want_nngp), (infinite.ntk, want_ntk)):
             k = f(x, **kw)
             scale = math.sqrt(k[0, 0].item() * k[1, 1].item())
-            assert abs(k[0, 1].item() - want) <= 1e-9 * scale, (method, f.__name__, k[0, 1].item(), want)
+            assert abs(k[0, 1].item() - want) <= 1e-10 * scale, (method, f.__name__, k[0, 1].item(), want)
             # the same entry from x2 (a different code path: no symmetry, no diagonal shortcut)
             k12 = f(x[:1], x[1:], **kw)
-            assert abs(k12.item() - want) <= 1e-9 * scale
+            assert abs(k12.item() - want) <= 1e-10 * scale
 
 
 @pytest.mark.parametrize("activation", ALL_QUADRATURE)
@@ -505,7 +505,7 @@ def test_relu_scale_safe_and_overflow_messages():
     with pytest.raises(OverflowError, match="sigma_w=1e\\+10.*depth=30"):
         infinite.ntk(x, depth=30, sigma_w=1e10)
     with pytest.raises(OverflowError, match="sigma_w"):
-        infinite.ntk(x, depth=30, sigma_w=1e10, activation="tanh")
+        infinite.ntk(x, depth=40, sigma_w=1e10, activation="erf")  # bounded phi: Theta grows 1e10 per layer
 
 
 def test_relu_quadrature_near_unit_correlation():
@@ -521,10 +521,10 @@ def test_relu_quadrature_near_unit_correlation():
 def test_angle_interpolation_matches_pairwise(activation, monkeypatch):
     """Many normalized inputs go through the angle interpolant; the same
     entries computed pair by pair agree to far below 1e-9."""
-    x1 = torch.nn.functional.normalize(_inputs(30, 8, seed=9), dim=1)
-    x2 = torch.nn.functional.normalize(_inputs(20, 8, seed=10), dim=1)
+    x1 = torch.nn.functional.normalize(_inputs(24, 8, seed=9), dim=1)
+    x2 = torch.nn.functional.normalize(_inputs(12, 8, seed=10), dim=1)
     x2[0] = x1[3]
-    kw = dict(depth=6, activation=activation, sigma_w=1.6, sigma_b=0.2, method="quadrature")
+    kw = dict(depth=5, activation=activation, sigma_w=1.6, sigma_b=0.2, method="quadrature")
     fast = [infinite.ntk(x1, **kw), infinite.ntk(x1, x2, **kw), infinite.ntk(x1, x2, layerwise=True, **kw)]
     monkeypatch.setattr(infinite, "_INTERP_MIN_PAIRS", 10**9)
     slow = [infinite.ntk(x1, **kw), infinite.ntk(x1, x2, **kw), infinite.ntk(x1, x2, layerwise=True, **kw)]
@@ -534,10 +534,10 @@ def test_angle_interpolation_matches_pairwise(activation, monkeypatch):
 
 
 def test_quad_order_converged():
-    x = torch.nn.functional.normalize(_inputs(5, 4, seed=12), dim=1) * 2
+    x = torch.nn.functional.normalize(_inputs(4, 4, seed=12), dim=1) * 2
     for activation in ("gelu", "softplus"):
-        kw = dict(depth=11, activation=activation, sigma_w=2.5, sigma_b=0.1)
-        a, b = infinite.ntk(x, **kw), infinite.ntk(x, quad_order=32, **kw)
+        kw = dict(depth=6, activation=activation, sigma_w=2.5, sigma_b=0.1)
+        a, b = infinite.ntk(x, **kw), infinite.ntk(x, quad_order=24, **kw)
         assert ((a - b).abs() / b.abs().max()).max().item() < 1e-11
 
 
