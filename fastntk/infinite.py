@@ -376,6 +376,19 @@ def _graded_rule(centers: torch.Tensor, scale: torch.Tensor, levels: int, order:
     return z, wz
 
 
+def _centered_rule(scale: float, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule of :func:`_graded_rule` for one bend at 0 of width at least
+    ``scale``, graded down to the power of 2 below it (so that it can be cached)."""
+    return _centered_rule_at(math.floor(math.log2(scale)) if math.isfinite(scale) and scale > 0 else None, order)
+
+
+@lru_cache(maxsize=256)
+def _centered_rule_at(exponent: int | None, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = torch.tensor([math.inf if exponent is None else 2.0 ** exponent], dtype=_DTYPE)
+    z, w = _graded_rule(torch.zeros(1, 1, dtype=_DTYPE), width, int(_levels(width)), order)
+    return z[0], w[0]
+
+
 def _rule_size(n_centers: int, levels: int, order: int) -> int:
     return (_UNIFORM + n_centers * (1 + 2 * levels)) * order
 
@@ -407,12 +420,11 @@ def _quad_1d(act: _Act, a: torch.Tensor, b: torch.Tensor, order: int):
     scale = act.scale / top  # inf where both are 0: no grading
     e, de = torch.empty_like(a), torch.empty_like(a)
     if len(act.centers) == 1:  # phi bends only at 0: one rule, graded for the narrowest bend, serves all rows
-        narrowest = scale.min().reshape(1)
-        z, w = _graded_rule(torch.zeros(1, 1, dtype=_DTYPE), narrowest, int(_levels(narrowest)), order)
-        for part in _chunks(torch.arange(a.numel()), z.shape[1]):
+        z, w = _centered_rule(float(scale.min()), order)
+        for part in _chunks(torch.arange(a.numel()), z.numel()):
             u, v = a[part, None] * z, b[part, None] * z
-            e[part] = (act.phi(u) * act.phi(v)) @ w[0]
-            de[part] = (act.dphi(u) * act.dphi(v)) @ w[0]
+            e[part] = (act.phi(u) * act.phi(v)) @ w
+            de[part] = (act.dphi(u) * act.dphi(v)) @ w
         return e, de
     centers = torch.cat([_centers_over(act, a), _centers_over(act, b)[:, 1:]], -1)  # 0 once
     levels = _levels(scale)
