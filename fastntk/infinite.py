@@ -716,12 +716,12 @@ def _eval_pieces(breaks: torch.Tensor, coef: torch.Tensor, theta: torch.Tensor) 
             idx = order[start:start + count]
             left, right = float(breaks[p]), float(breaks[p + 1])
             x = ((2 * theta[idx] - (left + right)) / (right - left)).clamp(-1.0, 1.0)
-            out[:, idx] = _clenshaw_shared(coef[p], x)
+            out[:, idx] = _clenshaw(coef[p], x)
             start += count
     return out, piece
 
 
-def _clenshaw_shared(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _clenshaw(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_j coef[j, :] T_j(x) for coef (n + 1, ch) and x (P,) -> (ch, P)."""
     out = torch.empty(coef.shape[1], x.numel(), dtype=_DTYPE)
     x2 = 2 * x
@@ -733,16 +733,6 @@ def _clenshaw_shared(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             b1, b2 = b2, b1
         out[ch] = b2.neg_().addcmul_(x, b1).add_(c[0])
     return out
-
-
-def _clenshaw(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum_j coef[..., j, :] T_j(x) for coef (P, n + 1, ch), x (P,) -> (P, ch)."""
-    b1 = torch.zeros_like(coef[:, 0])
-    b2 = torch.zeros_like(b1)
-    x2 = (2 * x)[:, None]
-    for j in range(coef.shape[1] - 1, 0, -1):
-        b1, b2 = coef[:, j] + x2 * b1 - b2, b1
-    return coef[:, 0] + x[:, None] * b1 - b2
 
 
 def _interpolants(spec: _Spec, norms: torch.Tensor):
