@@ -525,9 +525,15 @@ def test_angle_interpolation_matches_pairwise(activation, monkeypatch):
     x2 = torch.nn.functional.normalize(_inputs(12, 8, seed=10), dim=1)
     x2[0] = x1[3]
     kw = dict(depth=5, activation=activation, sigma_w=1.6, sigma_b=0.2, method="quadrature")
-    fast = [infinite.ntk(x1, **kw), infinite.ntk(x1, x2, **kw), infinite.ntk(x1, x2, layerwise=True, **kw)]
+    std = dict(parametrization="standard", widths=[50, 60, 70, 80])
+
+    def kernels():
+        return [infinite.ntk(x1, **kw), infinite.ntk(x1, x2, **kw), infinite.ntk(x1, x2, layerwise=True, **kw),
+                infinite.ntk(x1, **kw, **std), infinite.nngp(x1, x2, **kw)]
+
+    fast = kernels()
     monkeypatch.setattr(infinite, "_INTERP_MIN_PAIRS", 10**9)
-    slow = [infinite.ntk(x1, **kw), infinite.ntk(x1, x2, **kw), infinite.ntk(x1, x2, layerwise=True, **kw)]
+    slow = kernels()
     for a, b in zip(fast, slow):
         scale = b.abs().max()
         assert ((a - b).abs() / scale).max().item() < 1e-10
