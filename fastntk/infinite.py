@@ -88,6 +88,7 @@ only the activations of the rest of fastntk.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from functools import lru_cache
@@ -138,6 +139,31 @@ _Q_INFINITE = 1e12  # where chi_1 of a divergent length map is evaluated
 
 # ---------------------------------------------------------------------------
 # validation
+
+
+def _public(fn):
+    """A public function: its docstring's <_..._DOC> parts filled in, and run on
+    one intra-op thread (its tensor operations are many and small; on a busy
+    2-core machine, two threads made them ten times slower). The caller's
+    thread setting is restored on return."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    doc = fn.__doc__ or ""
+    for name in ("_KERNEL_PARAMS_DOC", "_ORDER_PARAMS_DOC"):  # each defined before its first use
+        if f"<{name}>" in doc:
+            doc = doc.replace(f"<{name}>", globals()[name])
+    run.__doc__ = doc
+    return run
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
@@ -907,6 +933,7 @@ _KERNEL_PARAMS_DOC = """
         Gauss-Legendre nodes per panel of the quadrature rule (>= 4); the
         panels themselves are chosen from the variances.
 """
+@_public
 def nngp(x1, x2=None, *, depth, activation="relu", sigma_w=1.0, sigma_b=0.0,
          parametrization="ntk", widths=None, negative_slope=0.01, softplus_beta=1.0,
          softplus_threshold=20.0, method="auto", quad_order=_DEFAULT_ORDER) -> torch.Tensor:
@@ -919,7 +946,7 @@ def nngp(x1, x2=None, *, depth, activation="relu", sigma_w=1.0, sigma_b=0.0,
     of the K outputs is Sigma^L ⊗ I_K.
 
     Parameters
-    ----------""" + _KERNEL_PARAMS_DOC + """
+    ----------<_KERNEL_PARAMS_DOC>
     Returns
     -------
     (N1, N2) torch.Tensor, float64, CPU.
@@ -928,6 +955,7 @@ def nngp(x1, x2=None, *, depth, activation="relu", sigma_w=1.0, sigma_b=0.0,
                    negative_slope, softplus_beta, softplus_threshold, method, quad_order)[0]
 
 
+@_public
 def ntk(x1, x2=None, *, depth, activation="relu", sigma_w=1.0, sigma_b=0.0,
         parametrization="ntk", widths=None, layerwise=False, negative_slope=0.01,
         softplus_beta=1.0, softplus_threshold=20.0, method="auto", quad_order=_DEFAULT_ORDER) -> torch.Tensor:
@@ -941,7 +969,7 @@ def ntk(x1, x2=None, *, depth, activation="relu", sigma_w=1.0, sigma_b=0.0,
     K * Theta).
 
     Parameters
-    ----------""" + _KERNEL_PARAMS_DOC + """    layerwise : bool
+    ----------<_KERNEL_PARAMS_DOC>    layerwise : bool
         Return each layer's weight and bias terms instead of their sum.
 
     Returns
@@ -1107,6 +1135,7 @@ _ORDER_PARAMS_DOC = """
 """
 
 
+@_public
 def length_map(q, activation="relu", sigma_w=1.0, sigma_b=0.0, *, negative_slope=0.01,
                softplus_beta=1.0, softplus_threshold=20.0, method="auto", quad_order=_DEFAULT_ORDER):
     """The length map q^{l+1} = sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2,
@@ -1115,7 +1144,7 @@ def length_map(q, activation="relu", sigma_w=1.0, sigma_b=0.0, *, negative_slope
 
     Parameters
     ----------
-    q : float or array-like, >= 0""" + _ORDER_PARAMS_DOC + """
+    q : float or array-like, >= 0<_ORDER_PARAMS_DOC>
     Returns
     -------
     float, or float64 numpy array of q's shape.
@@ -1127,6 +1156,7 @@ def length_map(q, activation="relu", sigma_w=1.0, sigma_b=0.0, *, negative_slope
     return _out(sw2 * e + sb2)
 
 
+@_public
 def fixed_point_q(activation="relu", sigma_w=1.0, sigma_b=0.0, *, q0=1.0, negative_slope=0.01,
                   softplus_beta=1.0, softplus_threshold=20.0, method="auto", quad_order=_DEFAULT_ORDER) -> float:
     """The fixed point q* of :func:`length_map` reached by iterating it from q0.
@@ -1140,7 +1170,7 @@ def fixed_point_q(activation="relu", sigma_w=1.0, sigma_b=0.0, *, q0=1.0, negati
     sigma_w^2 = 2, sigma_b = 0: the length map is linear).
 
     Parameters
-    ----------""" + _ORDER_PARAMS_DOC + """    q0 : float
+    ----------<_ORDER_PARAMS_DOC>    q0 : float
         Starting variance (> 0), e.g. sigma_w^2 |x|^2 / n_0 + sigma_b^2.
 
     Returns
@@ -1153,6 +1183,7 @@ def fixed_point_q(activation="relu", sigma_w=1.0, sigma_b=0.0, *, q0=1.0, negati
     return float(_fixed_points(act, closed, order, sw2, sb2, q0)[0])
 
 
+@_public
 def chi1(activation="relu", sigma_w=1.0, sigma_b=0.0, *, q=None, q0=1.0, negative_slope=0.01,
          softplus_beta=1.0, softplus_threshold=20.0, method="auto", quad_order=_DEFAULT_ORDER) -> float:
     """chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2], the slope of the correlation
@@ -1166,7 +1197,7 @@ def chi1(activation="relu", sigma_w=1.0, sigma_b=0.0, *, q=None, q0=1.0, negativ
     divergent length map) the q -> infinity limit, evaluated at q = 1e12.
 
     Parameters
-    ----------""" + _ORDER_PARAMS_DOC + """    q : float, optional
+    ----------<_ORDER_PARAMS_DOC>    q : float, optional
         Variance at which to evaluate; default the fixed point :func:`fixed_point_q` from ``q0``.
     q0 : float
         Start of the fixed-point search.
@@ -1185,6 +1216,7 @@ def chi1(activation="relu", sigma_w=1.0, sigma_b=0.0, *, q=None, q0=1.0, negativ
     return float(sw2 * de[0])
 
 
+@_public
 def correlation_map(c, activation="relu", sigma_w=1.0, sigma_b=0.0, *, q=None, q0=1.0,
                     negative_slope=0.01, softplus_beta=1.0, softplus_threshold=20.0,
                     method="auto", quad_order=_DEFAULT_ORDER):
@@ -1198,7 +1230,7 @@ def correlation_map(c, activation="relu", sigma_w=1.0, sigma_b=0.0, *, q=None, q
 
     Parameters
     ----------
-    c : float or array-like in [-1, 1]""" + _ORDER_PARAMS_DOC + """    q : float, optional
+    c : float or array-like in [-1, 1]<_ORDER_PARAMS_DOC>    q : float, optional
         Variance to use instead of q* (> 0). Needed when q* is 0 or
         infinite, except for relu, leaky_relu and identity with sigma_b = 0,
         whose map does not depend on q.
@@ -1237,13 +1269,14 @@ def correlation_map(c, activation="relu", sigma_w=1.0, sigma_b=0.0, *, q=None, q
     return _out(((sw2 * e + sb2) / qn).numpy().reshape(arr.shape))
 
 
+@_public
 def phase(activation="relu", sigma_w=1.0, sigma_b=0.0, *, tol=1e-8, q0=1.0, negative_slope=0.01,
           softplus_beta=1.0, softplus_threshold=20.0, method="auto", quad_order=_DEFAULT_ORDER) -> str:
     """The phase of an initialization: ``"ordered"`` if chi_1 < 1 - tol,
     ``"chaotic"`` if chi_1 > 1 + tol, else ``"edge_of_chaos"``.
 
     Parameters
-    ----------""" + _ORDER_PARAMS_DOC + """    tol : float
+    ----------<_ORDER_PARAMS_DOC>    tol : float
         Half-width of the edge-of-chaos band around chi_1 = 1 (>= 0).
     q0 : float
         Start of the fixed-point search.
@@ -1263,6 +1296,7 @@ def phase(activation="relu", sigma_w=1.0, sigma_b=0.0, *, tol=1e-8, q0=1.0, nega
     return "edge_of_chaos"
 
 
+@_public
 def eoc_curve(activation, sigma_b2, *, sigma_w2_max=100.0, tol=1e-12, q0=1.0, negative_slope=0.01,
               softplus_beta=1.0, softplus_threshold=20.0, method="auto", quad_order=_DEFAULT_ORDER):
     """The edge of chaos: for each sigma_b^2, the sigma_w^2 at which chi_1 = 1.

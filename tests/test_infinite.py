@@ -553,3 +553,15 @@ def test_eoc_curve_vectorized():
     for s, w in zip(sb2, together):
         assert infinite.eoc_curve("erf", float(s)) == pytest.approx(w, rel=1e-11)
         assert infinite.chi1("erf", math.sqrt(w), math.sqrt(s)) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_public_functions_documented_and_thread_setting_restored():
+    public = (infinite.nngp, infinite.ntk, infinite.length_map, infinite.fixed_point_q, infinite.chi1,
+              infinite.correlation_map, infinite.phase, infinite.eoc_curve)
+    for f in public:
+        assert f.__doc__ and "Parameters" in f.__doc__ and "<_" not in f.__doc__, f.__name__
+    threads = torch.get_num_threads()
+    infinite.ntk(X_OK, depth=2, activation="tanh")
+    with pytest.raises(ValueError):
+        infinite.ntk(X_OK, depth=0)
+    assert torch.get_num_threads() == threads
