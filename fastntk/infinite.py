@@ -132,7 +132,7 @@ _SERIES_TERMS = 512  # terms of the Mehler series
 _SERIES_TRUNC = 18.0  # |h_k phi| <= exp(-z^2 / 4) (up to a slowly growing factor): 1e-35 beyond
 _SERIES_PANEL = 0.3  # uniform panel width of its 1-D rule: about one wavelength of h_K
 _SERIES_TOL = 1e-13  # accepted series truncation error, relative to sqrt(E[f(u)^2] E[f(v)^2])
-_SERIES_MAX_VARIANCES = 4096  # distinct variances above which the series does not pay
+_SERIES_MAX_VARIANCES = 1 << 16  # distinct variances above which the series does not pay
 _NORM_RTOL = 1e-13  # inputs whose squared norms differ by less share an interpolant
 _Q_INFINITE = 1e12  # where chi_1 of a divergent length map is evaluated
 
@@ -560,23 +560,43 @@ def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int):
 
 def _series_pairs(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, order: int):
     """Mehler-series (E[phi(u) phi(v)], E[phi'(u) phi'(v)], ok) for rows
-    (P,); ``ok`` marks the rows where the series converged."""
+    (P,); ``ok`` marks the rows where the series converged.
+
+    Rows are taken in order of |rho|; a chunk whose largest |rho| lets every
+    row's terms from k = K' / 2 on (bounded through the largest coefficients
+    of any variance) pass the test sums only K' < _SERIES_TERMS terms."""
     uq, inverse = torch.unique(torch.cat([s1, s2]), return_inverse=True)
     a, da = _cached_coefficients(act, uq, order)
     i1, i2 = inverse[:s1.numel()], inverse[s1.numel():]
-    half = _SERIES_TERMS // 2
+    envelopes = [(c.abs().amax(0) ** 2, (c * c).sum(1).min()) for c in (a, da)]  # (K,), smallest E[f^2]
     e, de = torch.empty_like(rho), torch.empty_like(rho)
     ok = torch.ones_like(rho, dtype=torch.bool)
-    for rows in _chunks(torch.arange(rho.numel()), 4 * _SERIES_TERMS):
+    for rows in _chunks(torch.argsort(rho.abs()), 4 * _SERIES_TERMS):
         r = rho[rows, None]
-        powers = torch.cat([torch.ones_like(r), torch.cumprod(r.expand(-1, _SERIES_TERMS - 1), 1)], 1)
+        terms_needed = _series_length(envelopes, float(r.abs().max()))
+        half = terms_needed // 2
+        powers = torch.cat([torch.ones_like(r), torch.cumprod(r.expand(-1, terms_needed - 1), 1)], 1)
         for coef, out in ((a, e), (da, de)):
-            c1, c2 = coef[i1[rows]], coef[i2[rows]]
-            terms = c1 * c2 * powers  # (p, K)
-            norm = torch.sqrt((c1 * c1).sum(1) * (c2 * c2).sum(1))  # sqrt(E[f(u)^2] E[f(v)^2])
-            ok[rows] &= 10 * terms[:, half:].abs().sum(1) <= _SERIES_TOL * norm
+            c1, c2 = coef[i1[rows], :terms_needed], coef[i2[rows], :terms_needed]
+            terms = c1 * c2 * powers  # (p, K')
+            if terms_needed == _SERIES_TERMS:
+                norm = torch.sqrt((c1 * c1).sum(1) * (c2 * c2).sum(1))  # sqrt(E[f(u)^2] E[f(v)^2])
+                ok[rows] &= 10 * terms[:, half:].abs().sum(1) <= _SERIES_TOL * norm
             out[rows] = terms.sum(1)
     return e, de, ok
+
+
+def _series_length(envelopes, rho_max: float) -> int:
+    """The fewest terms K' (a power of 2, at most _SERIES_TERMS) whose second
+    half, and so the rest, is negligible for every row with |rho| <= rho_max."""
+    k = 64
+    while k < _SERIES_TERMS:
+        powers = rho_max ** torch.arange(k // 2, _SERIES_TERMS, dtype=_DTYPE)
+        if all(10 * float((env[k // 2:] * powers).sum()) <= _SERIES_TOL * float(smallest)
+               for env, smallest in envelopes):
+            return k
+        k *= 2
+    return _SERIES_TERMS
 
 
 def _cached_coefficients(act: _Act, q: torch.Tensor, order: int):
