@@ -142,21 +142,14 @@ _Q_INFINITE = 1e12  # where chi_1 of a divergent length map is evaluated
 
 
 def _public(fn):
-    """A public function: its docstring's <_..._DOC> parts filled in, and run on
-    one intra-op thread (its tensor operations are many and small; on a busy
-    2-core machine, two threads made them ten times slower). The caller's
-    thread setting is restored on return."""
+    """A public function with its docstring's <_..._DOC> parts filled in.
+    (Its tensor operations are many and small: on a busy machine, running
+    with ``torch.set_num_threads(1)`` can be much faster. That is left to the
+    caller: changing a process-wide setting here would affect other threads.)"""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        threads = torch.get_num_threads()
-        if threads == 1:
-            return fn(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
+        return fn(*args, **kwargs)
 
     doc = fn.__doc__ or ""
     for name in ("_KERNEL_PARAMS_DOC", "_ORDER_PARAMS_DOC"):  # each defined before its first use

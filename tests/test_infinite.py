@@ -553,7 +553,7 @@ def test_eoc_curve_vectorized():
         assert infinite.chi1("erf", math.sqrt(w), math.sqrt(s)) == pytest.approx(1.0, abs=1e-9)
 
 
-def test_public_functions_documented_and_thread_setting_restored():
+def test_public_functions_documented_and_thread_setting_untouched():
     public = (infinite.nngp, infinite.ntk, infinite.length_map, infinite.fixed_point_q, infinite.chi1,
               infinite.correlation_map, infinite.phase, infinite.eoc_curve)
     for f in public:
