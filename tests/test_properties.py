@@ -33,7 +33,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -217,10 +216,6 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, scale: float, what: str,
     assert err <= tol * scale, f"{what}: max |error| {err:.3e} > {tol:g} x scale {scale:.3e}"
 
 
-def full_to(mode: str, full: torch.Tensor) -> torch.Tensor:
-    return reduce_outputs(full, mode)
-
-
 def swap_sides(t: torch.Tensor, mode: str, lead: int = 0) -> torch.Tensor:
     """Theta(x2, x1) from Theta(x1, x2): transpose samples (and outputs)."""
     t = t.transpose(lead, lead + 1)
@@ -263,10 +258,10 @@ def check_against_oracle(net: Net, x1: torch.Tensor, x2: torch.Tensor | None, to
     ref_lw = oracle_layerwise(model, fastntk.parse_model(model), x1, x2, per=oracle_ntk_per_param(model, x1, x2))
     ref = ref_lw.sum((0, 1))
     for mode in OUTPUTS:
-        assert_close(fastntk.ntk(model, x1, x2, outputs=mode), full_to(mode, ref), scale, mode, tol)
-        assert_close(fastntk.ntk(model, x1, x2, outputs=mode, layerwise=True), full_to(mode, ref_lw), scale,
+        assert_close(fastntk.ntk(model, x1, x2, outputs=mode), reduce_outputs(ref, mode), scale, mode, tol)
+        assert_close(fastntk.ntk(model, x1, x2, outputs=mode, layerwise=True), reduce_outputs(ref_lw, mode), scale,
                      f"layerwise {mode}", tol)
-        assert_close(fastntk.ntk_diag(model, x1, outputs=mode), full_to(mode, diag), diag_scale, f"diag {mode}",
+        assert_close(fastntk.ntk_diag(model, x1, outputs=mode), reduce_outputs(diag, mode), diag_scale, f"diag {mode}",
                      tol)
 
 
@@ -312,7 +307,7 @@ def test_modes_agree(net, data):
     full = fastntk.ntk(model, x1, x2)
     for mode in OUTPUTS:
         got = fastntk.ntk(model, x1, x2, outputs=mode)
-        assert_close(got, full_to(mode, full), scale, f"{mode} vs full")
+        assert_close(got, reduce_outputs(full, mode), scale, f"{mode} vs full")
         lw = fastntk.ntk(model, x1, x2, outputs=mode, layerwise=True)
         assert_close(lw.sum((0, 1)), got, scale, f"layerwise {mode} sum")
     per_output = fastntk.ntk(model, x1, x2, outputs="per_output")
@@ -320,7 +315,7 @@ def test_modes_agree(net, data):
     sym = fastntk.ntk(model, x1, layerwise=True)
     diag_scale = fastntk_scale(model, x1, None)
     for mode in OUTPUTS:
-        want = torch.diagonal(full_to(mode, sym), dim1=2, dim2=3).movedim(-1, 2)  # (L, 2, N, ...)
+        want = torch.diagonal(reduce_outputs(sym, mode), dim1=2, dim2=3).movedim(-1, 2)  # (L, 2, N, ...)
         got = fastntk.ntk_diag(model, x1, outputs=mode, layerwise=True)
         assert_close(got, want, diag_scale, f"ntk_diag layerwise {mode}")
         assert_close(fastntk.ntk_diag(model, x1, outputs=mode), want.sum((0, 1)), diag_scale, f"ntk_diag {mode}")
