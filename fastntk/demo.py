@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from .experiments.figures import class_ticks
 from .models import MLP
 from .ntk import ntk
 
@@ -88,11 +89,9 @@ def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024,
 
     fig, ax = plt.subplots(figsize=(6, 5))
     im = ax.imshow(theta.numpy(), cmap="viridis")
-    ticks = [n_per_class * c + n_per_class / 2 for c in range(10)]
-    ax.set_xticks(ticks, range(10))
-    ax.set_yticks(ticks, range(10))
+    class_ticks(ax, y)
     ax.set_title(f"Empirical NTK (trace over outputs), digits by class\nMLP {widths}")
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label="Θ(x, x')  (trace over the 10 outputs)")
     fig.tight_layout()
     path = os.path.join(out, "digits_ntk.png")
     fig.savefig(path, dpi=120)
