@@ -42,15 +42,18 @@ def phase_colors(sigma_w2s: list[float], phases: dict) -> dict:
 
 
 def readable_log_ticks(ax, axis: str = "y") -> None:
-    """Plain-number labels on a log axis at 1, 2, 5 x 10^k (the major ticks
-    alone are too sparse to read values when the range spans under a decade
-    or two; a few minor labels fill in without crowding)."""
+    """Plain-number labels on a log axis (call after plotting): at 1, 2, 5 x
+    10^k, or at every 1..9 x 10^k when the data span less than a decade
+    (matplotlib's default labels only powers of ten, too sparse to read
+    values off a curve that spans a decade or two)."""
     import matplotlib.ticker as mt
 
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    subs = tuple(range(1, 10)) if lo > 0 and hi / lo < 10 else (1.0, 2.0, 5.0)
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    target.set_major_locator(mt.LogLocator(base=10, subs=subs, numticks=15))
     target.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_locator(mt.LogLocator(base=10, subs=tuple(range(1, 10)), numticks=12))
+    target.set_minor_locator(mt.LogLocator(base=10, subs=tuple(range(1, 10)), numticks=15))
     target.set_minor_formatter(mt.NullFormatter())
 
 
