@@ -42,7 +42,7 @@ from torch import nn
 
 from . import _ops
 from ._progress import check_progress, progress_bar
-from .models import DenseLayer, parse_model
+from .models import DenseLayer, ntk_parts, parse_model
 
 
 class Outputs(str, enum.Enum):
@@ -125,6 +125,16 @@ def _compute_dtype(layers: list[DenseLayer], *xs: torch.Tensor):
     up = lambda t: None if t is None else t.float()
     layers = [dataclasses.replace(l, weight=up(l.weight), bias=up(l.bias)) for l in layers]
     return (layers,) + tuple(x.float() for x in xs)
+
+
+def _sum_over_parts(fn, model: nn.Module, *args, **kwargs) -> torch.Tensor | None:
+    """sum_i c_i fn(part_i, ...) for a model made of several networks (a
+    mirrored MLP: see :func:`fastntk.models.ntk_parts`); None for one network."""
+    parts = ntk_parts(model)
+    if len(parts) == 1:
+        return None
+    terms = [c * fn(part, *args, **kwargs) for c, part in parts]
+    return sum(terms[1:], terms[0])
 
 
 def _check_model(model: nn.Module) -> list[DenseLayer]:
@@ -250,6 +260,10 @@ def ntk(
         For an unsupported model, or inputs of the wrong type, shape, dtype or
         device, empty, or containing NaN/Inf; the message names the argument.
     """
+    combined = _sum_over_parts(ntk, model, x1, x2, outputs=outputs, layerwise=layerwise, allow_tf32=allow_tf32,
+                               progress=progress)
+    if combined is not None:
+        return combined
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)
@@ -344,6 +358,9 @@ def ntk_diag(
     -------
     Tensor of the model's dtype and device, shaped as above.
     """
+    combined = _sum_over_parts(ntk_diag, model, x, outputs=outputs, layerwise=layerwise)
+    if combined is not None:
+        return combined
     layers = _check_model(model)
     outputs = _check_outputs(outputs)
     _check_flag("layerwise", layerwise)

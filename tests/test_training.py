@@ -257,3 +257,51 @@ def test_ntk_predict_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         fastntk.ntk_predict(net, torch.randn(4, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
                             **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# mirrored initialization
+
+
+@pytest.mark.parametrize("widths,activation,parametrization,bias", [
+    ([3, 16, 1], "relu", "standard", True), ([3, 12, 12, 4], "tanh", "ntk", True), ([3, 10, 2], "erf", "ntk", False)])
+def test_mirrored_is_zero_at_init_and_has_the_copy_kernel(widths, activation, parametrization, bias):
+    kw = dict(activation=activation, parametrization=parametrization, sigma_w=1.5, sigma_b=0.2, bias=bias,
+              dtype=torch.float64, seed=5)
+    mirrored, single = fastntk.MLP(widths, mirrored=True, **kw), fastntk.MLP(widths, **kw)
+    assert isinstance(mirrored, fastntk.MirroredMLP)
+    assert sum(p.numel() for p in mirrored.parameters()) == 2 * sum(p.numel() for p in single.parameters())
+    x, x2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    assert torch.equal(mirrored(x), torch.zeros(5, widths[-1], dtype=torch.float64))
+    theta = fastntk.ntk(mirrored, x, x2)
+    assert torch.equal(theta, fastntk.ntk(single, x, x2))  # the single copy's kernel, exactly
+    assert rel_err(theta, oracle_ntk(mirrored, x, x2)) < 1e-10  # torch.func over both copies
+    assert rel_err(fastntk.ntk_diag(mirrored, x, outputs="trace"),
+                   torch.einsum("iikk->i", oracle_ntk(mirrored, x))) < 1e-10
+    # trained, the copies differ: still (Theta_1 + Theta_2) / 2, against torch.func
+    opt = torch.optim.SGD(mirrored.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        ((mirrored(x) - 1.0) ** 2).sum().backward()
+        opt.step()
+    assert not torch.equal(mirrored(x), torch.zeros_like(mirrored(x)))
+    assert rel_err(fastntk.ntk(mirrored, x, x2), oracle_ntk(mirrored, x, x2)) < 1e-10
+    lw = fastntk.ntk(mirrored, x, layerwise=True, outputs="trace")
+    assert lw.shape[:2] == (len(widths) - 1, 2)
+    assert rel_err(lw.sum((0, 1)), fastntk.ntk(mirrored, x, outputs="trace")) < 1e-12
+
+
+def test_mirrored_refusals_name_the_problem():
+    with pytest.raises(TypeError, match="mirrored must be a bool"):
+        fastntk.MLP([2, 3, 1], mirrored="yes")
+    with pytest.raises(TypeError, match="a mirrored MLP is two networks"):
+        fastntk.parse_model(fastntk.MLP([2, 3, 1], mirrored=True))
+
+
+def test_ntk_prediction_of_a_mirrored_network_starts_at_zero():
+    net = fastntk.MLP([2, 32, 1], parametrization="standard", sigma_w=1.4, mirrored=True, dtype=torch.float64,
+                      seed=0)
+    x, y = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    pred = fastntk.ntk_predict(net, x, y, x[:2], t=[0, math.inf])
+    assert torch.equal(pred.f0_train, torch.zeros(5, 1, dtype=torch.float64))
+    assert rel_err(pred.train[1, :, 0], y) < 1e-9
