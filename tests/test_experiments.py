@@ -191,3 +191,33 @@ def test_sphere_inputs_refuses_cosines_off_the_sphere(cosines):
 
     with pytest.raises(ValueError, match=r"cosines must be numbers in \[-1, 1\]"):
         experiments.sphere_inputs(4, cosines)
+
+
+def test_training_experiment_tiny(tmp_path, capsys):
+    out = tmp_path / "tr"
+    assert main(["run", "training", "--sigma-w2", "1", "2.2", "--depth", "3", "--width", "16", "--steps", "20",
+                 "--n-train", "300", "--per-class", "3", "--heatmap-steps", "0", "20", "--out", str(out),
+                 "--no-progress"]) == 0
+    for name in ("training.csv", "training.png", "training.json", "training_summary.csv", "training_kernels.npz"):
+        assert (out / name).stat().st_size > 0
+    rows = E.load_csv(str(out / "training.csv"))
+    steps = sorted({r["step"] for r in rows})
+    assert steps == [0, 1, 2, 5, 10, 20] and len(rows) == 2 * len(steps)
+    for r in rows:
+        assert {"rel_change", "within_between_ratio", "centered_alignment", "lambda_min", "train_acc",
+                "test_acc", "layer_share_4"} <= set(r)
+        assert r["rel_change"] == 0 if r["step"] == 0 else r["rel_change"] > 0
+    assert "sigma_w^2 = 2.2 (chaotic)" in capsys.readouterr().out
+    import numpy as np
+
+    kernels = np.load(out / "training_kernels.npz")
+    assert sorted(kernels.files) == ["sigma_w2=1_step=0", "sigma_w2=1_step=20", "sigma_w2=2.2_step=0",
+                                     "sigma_w2=2.2_step=20"]
+    assert kernels["sigma_w2=1_step=0"].shape == (30, 30)
+
+
+def test_training_experiment_bad_arguments():
+    with pytest.raises(ValueError, match="optimizer"):
+        E.training(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="n_steps"):
+        E.training(n_steps=0)
