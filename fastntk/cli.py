@@ -24,14 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="layerwise NTK of a wide MLP on scikit-learn's digits, "
-                                       "timed against torch.func, with a heatmap; then a reduced "
-                                       "NTK-dispersion experiment")
+                                       "timed against torch.func, with a heatmap; then reduced "
+                                       "dispersion and training experiments")
     demo.add_argument("--out", default="demo-output", help="directory for the figures (default: %(default)s)")
     demo.add_argument("--width", type=int, default=1024, help="hidden width (default: %(default)s)")
     demo.add_argument("--per-class", type=int, default=50, help="digits per class (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="initialization seed (default: %(default)s)")
     demo.add_argument("--skip-experiments", action="store_true",
-                      help="only the digits part, not the reduced dispersion experiment")
+                      help="only the digits part, not the reduced experiments")
 
     from . import experiments
 

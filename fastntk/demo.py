@@ -20,7 +20,7 @@ from .ntk import ntk
 
 
 #: The reduced `training` experiment of the demo (under a minute on 2 cores).
-TRAINING_DEMO = dict(depth=6, width=64, n_steps=200)
+TRAINING_DEMO = dict(depth=4, width=32, n_steps=100)
 
 
 def load_digits_balanced(n_per_class: int, dtype=torch.float32) -> tuple[torch.Tensor, np.ndarray]:
@@ -54,7 +54,8 @@ def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024,
              compare_n: int = 32, seed: int = 0, experiments: bool = True) -> dict:
     """Run the demo; returns the numbers it printed. Writes ``out/digits_ntk.png``,
     and with ``experiments`` (default) a reduced NTK-dispersion experiment
-    (:func:`run_dispersion_demo`) into ``out/dispersion/``."""
+    (:func:`run_dispersion_demo`) into ``out/dispersion/`` and a short
+    training experiment (:func:`run_training_demo`) into ``out/training/``."""
     import matplotlib
 
     matplotlib.use("Agg")

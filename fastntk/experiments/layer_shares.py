@@ -84,6 +84,7 @@ def plot_layer_shares(rows: list[dict], path: str, *, title: str | None = None) 
                     label=f"σ_w²={v:g} ({phases[v].replace('_', ' ')})")
             ax.plot(l, [r["bias_share"] for r in sel], color=colors[v], ls=":", lw=1)
     axes[0].set_yscale("log")
+    figures.readable_log_ticks(axes[0])
     axes[0].set_title("log scale")
     axes[1].set_title("linear scale")
     for ax in axes:

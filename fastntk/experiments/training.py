@@ -87,9 +87,9 @@ def train_tracked(model, data, *, n_steps: int, lr: float, optimizer: str = "ada
 
 def training(
     sigma_w2s: Sequence[float] = (1.0, 2.0, 2.2),
-    depth: int = 10,
-    width: int = 128,
-    n_steps: int = 1000,
+    depth: int = 6,
+    width: int = 64,
+    n_steps: int = 200,
     *,
     lr: float = 1e-3,
     optimizer: str = "adam",
@@ -249,8 +249,8 @@ Writes training.csv (one row per sigma_w^2 and recorded step),
 training.png (curves and class-ordered heatmaps), training_kernels.npz (the
 heatmaps' kernels), training_summary.csv and training.json into --out.
 
-Defaults (a few minutes on 2 CPU cores): --sigma-w2 1 2 2.2 --depth 10
---width 128 --steps 1000 --lr 1e-3 --optimizer adam --loss cross_entropy.
+Defaults (about a minute on 2 CPU cores): --sigma-w2 1 2 2.2 --depth 6
+--width 64 --steps 200 --lr 1e-3 --optimizer adam --loss cross_entropy.
 The paper's full setting (MNIST there; digits here): --depth 20 --width 300
 --steps 3000 --lr 1e-4 (about an hour on 2 CPU cores; minutes on a GPU with
 --device cuda).
@@ -263,9 +263,9 @@ examples:
 
 def _add_arguments(parser) -> None:
     add_list_argument(parser, "--sigma-w2", float, "S", "weight variances sigma_w^2 (default 1 2 2.2)")
-    parser.add_argument("--depth", type=int, default=10, help="hidden layers (default: %(default)s)")
-    parser.add_argument("--width", type=int, default=128, help="hidden width (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1000, help="full-batch training steps (default: %(default)s)")
+    parser.add_argument("--depth", type=int, default=6, help="hidden layers (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=64, help="hidden width (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=200, help="full-batch training steps (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
     parser.add_argument("--optimizer", default="adam", choices=_OPTIMIZERS, help="default: %(default)s")
     parser.add_argument("--loss", default="cross_entropy", choices=_LOSSES, help="default: %(default)s")
