@@ -196,7 +196,7 @@ def test_sphere_inputs_refuses_cosines_off_the_sphere(cosines):
 def test_training_experiment_tiny(tmp_path, capsys):
     out = tmp_path / "tr"
     assert main(["run", "training", "--sigma-w2", "1", "2.2", "--depth", "3", "--width", "16", "--steps", "20",
-                 "--n-train", "300", "--per-class", "3", "--heatmap-steps", "0", "20", "--out", str(out),
+                 "--n-train", "300", "--lr", "1e-2", "--per-class", "3", "--heatmap-steps", "0", "20", "--out", str(out),
                  "--no-progress"]) == 0
     for name in ("training.csv", "training.png", "training.json", "training_summary.csv", "training_kernels.npz"):
         assert (out / name).stat().st_size > 0
@@ -208,6 +208,11 @@ def test_training_experiment_tiny(tmp_path, capsys):
                 "test_acc", "layer_share_4"} <= set(r)
         assert r["rel_change"] == 0 if r["step"] == 0 else r["rel_change"] > 0
     assert "sigma_w^2 = 2.2 (chaotic)" in capsys.readouterr().out
+    # the direction that holds at every size we ran: the kernel's class structure grows with training
+    for v in (1.0, 2.2):
+        sel = {r["step"]: r for r in rows if r["sigma_w2"] == v}
+        assert sel[20]["within_between_ratio"] > sel[0]["within_between_ratio"]
+        assert sel[20]["train_acc"] > sel[0]["train_acc"]
     import numpy as np
 
     kernels = np.load(out / "training_kernels.npz")
