@@ -226,3 +226,17 @@ def test_training_experiment_bad_arguments():
         E.training(optimizer="lbfgs")
     with pytest.raises(ValueError, match="n_steps"):
         E.training(n_steps=0)
+
+
+def test_divergence_experiment_tiny(tmp_path):
+    assert main(["run", "divergence", "--width", "16", "64", "--steps", "50", "--n-train", "8", "--dim", "4",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    for name in ("divergence.csv", "divergence.png", "divergence.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = E.load_csv(str(tmp_path / "divergence.csv"))
+    assert {r["loss"] for r in rows} == {"cross_entropy", "mse"} and {r["width"] for r in rows} == {16, 64}
+    last = {(r["loss"], r["width"]): r for r in rows if r["step"] == 50}
+    for w in (16, 64):
+        # the logistic loss keeps pushing the outputs out; the squared loss stops them near the labels +-1
+        assert last[("cross_entropy", w)]["output_norm"] > last[("mse", w)]["output_norm"]
+        assert last[("cross_entropy", w)]["train_acc"] == 1.0

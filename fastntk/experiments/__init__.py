@@ -14,6 +14,7 @@ CSV, and a ``plot_*`` function writing a PNG (matplotlib, Agg backend):
   its infinite-width expectation vs width, with the fitted log-log rate.
 - :func:`layer_shares`: each layer's share of Theta(x, x) per phase.
 - :func:`training`: the NTK during training per phase on digits (ICML 2022).
+- :func:`divergence`: cross-entropy vs squared loss, the NTK's drift under long training.
 
 Modules: ``tables`` (CSV and argument checks), ``figures`` (shared plotting),
 ``record`` (the JSON run record), ``registry`` (experiments by name),
@@ -33,17 +34,18 @@ from .registry import Experiment, get, names
 from .tables import load_csv, save_csv
 
 # Registration order is the order `fastntk run --help` lists them in.
-_MODULES = ("dispersion", "convergence", "layer_shares", "training")
+_MODULES = ("dispersion", "convergence", "layer_shares", "training", "divergence")
 for _name in _MODULES:
     registry.register(importlib.import_module(f"{__name__}.{_name}").EXPERIMENT)
 
 from .convergence import convergence, convergence_rates, plot_convergence  # noqa: E402
 from .dispersion import dispersion, plot_dispersion  # noqa: E402
+from .divergence import divergence, plot_divergence  # noqa: E402
 from .layer_shares import layer_shares, plot_layer_shares  # noqa: E402
 from .training import plot_training, training  # noqa: E402
 
 __all__ = [
     "ICML_SIGMA_W2", "PHASES", "Experiment", "get", "names", "dispersion", "convergence", "convergence_rates",
-    "layer_shares", "training", "plot_training", "plot_dispersion", "plot_convergence", "plot_layer_shares", "save_csv", "load_csv",
+    "layer_shares", "training", "plot_training", "divergence", "plot_divergence", "plot_dispersion", "plot_convergence", "plot_layer_shares", "save_csv", "load_csv",
     "phase_of", "sphere_inputs",
 ]
