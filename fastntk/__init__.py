@@ -9,14 +9,16 @@ torch.Size([8, 8, 3, 3])
 """
 
 from ._ops import backend, backend_info
-from .models import MLP, Activation, DenseLayer, Erf, parse_model
+from .models import MLP, Activation, DenseLayer, Erf, MirroredMLP, parse_model
 from .ntk import Outputs, ntk, ntk_diag
 from .scale import KernelRegression, NTKOperator, distributed, eigh, kernel_regression, ntk_operator, ntk_vp
+from .training import LinearizedModel, NTKPrediction, NTKTracker, linearize, ntk_predict
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "Erf", "Activation", "DenseLayer", "Outputs", "parse_model",
+    "MLP", "MirroredMLP", "Erf", "Activation", "DenseLayer", "Outputs", "parse_model",
     "ntk", "ntk_diag", "backend", "backend_info", "__version__",
     "ntk_vp", "ntk_operator", "NTKOperator", "eigh", "kernel_regression", "KernelRegression", "distributed",
+    "NTKTracker", "linearize", "LinearizedModel", "ntk_predict", "NTKPrediction",
 ]

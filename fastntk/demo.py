@@ -14,12 +14,16 @@ import time
 import numpy as np
 import torch
 
+from .experiments.figures import class_ticks
 from .models import MLP
 from .ntk import ntk
 
 
 #: The most digits per class the balanced set can take (class 8 has 174).
 DIGITS_PER_CLASS = 174
+
+#: The reduced `training` experiment of the demo (under a minute on 2 cores).
+TRAINING_DEMO = dict(depth=4, width=32, n_steps=100)
 
 
 def load_digits_balanced(n_per_class: int, dtype=torch.float32) -> tuple[torch.Tensor, np.ndarray]:
@@ -53,7 +57,8 @@ def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024,
              compare_n: int = 32, seed: int = 0, experiments: bool = True) -> dict:
     """Run the demo; returns the numbers it printed. Writes ``out/digits_ntk.png``,
     and with ``experiments`` (default) a reduced NTK-dispersion experiment
-    (:func:`run_dispersion_demo`) into ``out/dispersion/``."""
+    (:func:`run_dispersion_demo`) into ``out/dispersion/`` and a short
+    training experiment (:func:`run_training_demo`) into ``out/training/``."""
     for name, value, most in (("width", width, None), ("n_per_class", n_per_class, DIGITS_PER_CLASS),
                               ("hidden_layers", hidden_layers, None), ("compare_n", compare_n, None)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most and value > most):
@@ -96,11 +101,9 @@ def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024,
 
     fig, ax = plt.subplots(figsize=(6, 5))
     im = ax.imshow(theta.numpy(), cmap="viridis")
-    ticks = [n_per_class * c + n_per_class / 2 for c in range(10)]
-    ax.set_xticks(ticks, range(10))
-    ax.set_yticks(ticks, range(10))
+    class_ticks(ax, y)
     ax.set_title(f"Empirical NTK (trace over outputs), digits by class\nMLP {widths}")
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label="Θ(x, x')  (trace over the 10 outputs)")
     fig.tight_layout()
     path = os.path.join(out, "digits_ntk.png")
     fig.savefig(path, dpi=120)
@@ -109,7 +112,32 @@ def run_demo(out: str = "demo-output", n_per_class: int = 50, width: int = 1024,
     result = {"shares": shares, "t_fastntk": t_fast, "t_jacobian": t_jac, "rel_err": err, "png": path}
     if experiments:
         result["dispersion"] = run_dispersion_demo(os.path.join(out, "dispersion"), seed=seed)
+        result["training"] = run_training_demo(os.path.join(out, "training"), seed=seed)
     return result
+
+
+def run_training_demo(out: str = "demo-output/training", depth: int = TRAINING_DEMO["depth"],
+                      width: int = TRAINING_DEMO["width"], n_steps: int = TRAINING_DEMO["n_steps"],
+                      seed: int = 0) -> dict:
+    """A short ``fastntk run training`` (shallower, narrower, fewer steps):
+    the NTK of a ReLU MLP tracked while it trains on digits, per phase;
+    writes training.csv and training.png into ``out`` and prints a summary."""
+    from .experiments import save_csv
+    from .experiments.training import plot_training, summarize_training, summary_lines, training
+
+    print(f"\nNTK during training on digits (ICML 2022 setup, reduced): ReLU MLP, {depth} hidden layers of "
+          f"width {width}, sigma_w^2 1, 2, 2.2, {n_steps} full-batch steps")
+    t0 = time.perf_counter()
+    rows, kernels = training(depth=depth, width=width, n_steps=n_steps, seed=seed,
+                             **{k: v for k, v in TRAINING_DEMO.items() if k not in ("depth", "width", "n_steps")})
+    elapsed = time.perf_counter() - t0
+    print("\n".join(summary_lines(summarize_training(rows))))
+    csv_path = save_csv(rows, os.path.join(out, "training.csv"))
+    png_path = plot_training(rows, kernels, os.path.join(out, "training.png"))
+    print(f"({elapsed:.1f} s) training table and figure (curves, class-ordered kernels) written to "
+          f"{csv_path} and {png_path}")
+    print("full experiment: fastntk run training --help")
+    return {"rows": rows, "csv": csv_path, "png": png_path, "seconds": elapsed}
 
 
 def run_dispersion_demo(out: str = "demo-output/dispersion", depths=tuple(range(1, 21)),

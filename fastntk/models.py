@@ -11,6 +11,7 @@ and refuses anything else with a ``TypeError`` naming the module.
 from __future__ import annotations
 
 import dataclasses
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -177,7 +178,17 @@ class MLP(nn.Module):
     >>> net = MLP([784, 2048, 2048, 10], activation="relu", sigma_w=2**0.5)
     >>> net(torch.randn(5, 784)).shape
     torch.Size([5, 10])
+
+    ``mirrored=True`` returns a :class:`MirroredMLP` instead: two exact
+    copies of this network, output (f_1 - f_2) / sqrt(2), exactly 0 at init.
     """
+
+    def __new__(cls, *args, mirrored: bool = False, **kwargs):
+        if not isinstance(mirrored, bool):
+            raise TypeError(f"mirrored must be a bool; got {type(mirrored).__name__} {mirrored!r}")
+        if mirrored and cls is MLP:
+            return MirroredMLP(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -192,6 +203,7 @@ class MLP(nn.Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        mirrored: bool = False,
     ):
         super().__init__()
         widths = _check_widths(widths)
@@ -253,6 +265,47 @@ class MLP(nn.Module):
         return (f"widths={self.widths}, activation={self.activation!r}, "
                 f"parametrization={self.parametrization!r}, sigma_w={self.sigma_w:g}, "
                 f"sigma_b={self.sigma_b:g}, bias={self.biases is not None}")
+
+
+class MirroredMLP(nn.Module):
+    """Mirrored initialization: f(x) = (f_1(x) - f_2(x)) / sqrt(2), where f_2
+    starts as an exact copy of f_1, so the output is exactly 0 at init while
+    the NTK is that of one copy (Chen, Li & Lin). Both copies are trained.
+
+    Made by ``MLP(..., mirrored=True)`` (same arguments as :class:`MLP`).
+    The NTK is (Theta_1 + Theta_2) / 2, the average of the copies' kernels
+    (their parameters are disjoint and each enters with weight 1/sqrt(2));
+    at init it equals the single copy's. :func:`ntk_parts` gives the engine
+    the two copies.
+
+    Attributes
+    ----------
+    first, second : the two :class:`MLP` copies.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.first = MLP(*args, **kwargs)
+        self.second = copy.deepcopy(self.first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n_0) -> (N, K); exactly 0 while the copies are equal."""
+        return (self.first(x) - self.second(x)) * _INV_SQRT2
+
+    def extra_repr(self) -> str:
+        return "mirrored: (first(x) - second(x)) / sqrt(2)"
+
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+def ntk_parts(model: nn.Module) -> list[tuple[float, nn.Module]]:
+    """The model's NTK as sum_i c_i Theta(part_i): ``[(1.0, model)]`` for a
+    single network, ``[(0.5, first), (0.5, second)]`` for a
+    :class:`MirroredMLP`."""
+    if isinstance(model, MirroredMLP):
+        return [(0.5, model.first), (0.5, model.second)]
+    return [(1.0, model)]
 
 
 def _check_widths(widths) -> list[int]:
@@ -340,6 +393,9 @@ def parse_model(model: nn.Module) -> list[DenseLayer]:
         layers = _detached(_parse_sequential(model))
     elif type(model) is nn.Linear:
         layers = _detached(_parse_sequential(nn.Sequential(model)))
+    elif isinstance(model, MirroredMLP):
+        raise TypeError("a mirrored MLP is two networks, not one chain of layers: parse each of "
+                        "fastntk.models.ntk_parts(model) (fastntk.ntk does so)")
     elif isinstance(model, nn.Module):
         raise TypeError(f"model must be {SUPPORTED_MODULES}; got {type(model).__name__}")
     else:

@@ -42,7 +42,7 @@ from torch import nn
 
 from . import _ops
 from ._progress import check_progress, progress_bar
-from .models import DenseLayer, parse_model
+from .models import DenseLayer, ntk_parts, parse_model
 
 
 class Outputs(str, enum.Enum):
@@ -125,6 +125,22 @@ def _compute_dtype(layers: list[DenseLayer], *xs: torch.Tensor):
     up = lambda t: None if t is None else t.float()
     layers = [dataclasses.replace(l, weight=up(l.weight), bias=up(l.bias)) for l in layers]
     return (layers,) + tuple(x.float() for x in xs)
+
+
+def _sum_over_parts(fn, model: nn.Module, *args, **kwargs) -> torch.Tensor | None:
+    """sum_i c_i fn(part_i, ...) for a model made of several networks (a
+    mirrored MLP: see :func:`fastntk.models.ntk_parts`); None for one network."""
+    parts = ntk_parts(model)
+    if len(parts) == 1:
+        return None
+    terms = [c * fn(part, *args, **kwargs) for c, part in parts]
+    return sum(terms[1:], terms[0])
+
+
+def _refuse_parts(what: str, model: nn.Module) -> None:
+    if len(ntk_parts(model)) > 1:
+        raise TypeError(f"{what} are not supported for a model made of several networks "
+                        f"({type(model).__name__}); compute its kernel without them")
 
 
 def _check_model(model: nn.Module) -> list[DenseLayer]:
@@ -327,6 +343,12 @@ def ntk(
         (e.g. a deep chaotic network in float32); the message names the
         first layer that overflowed.
     """
+    if out is not None or resume is not False:
+        _refuse_parts("out= and resume=", model)
+    combined = _sum_over_parts(ntk, model, x1, x2, outputs=outputs, layerwise=layerwise, allow_tf32=allow_tf32,
+                               progress=progress, max_memory=max_memory, block_size=block_size)
+    if combined is not None:
+        return combined
     if max_memory is not None or block_size is not None or out is not None or resume is not False:
         from .scale.blocked import blocked_ntk
 
@@ -480,6 +502,12 @@ def ntk_diag(
     TypeError, ValueError, FloatingPointError
         As :func:`ntk`.
     """
+    if out is not None or resume is not False:
+        _refuse_parts("out= and resume=", model)
+    combined = _sum_over_parts(ntk_diag, model, x, outputs=outputs, layerwise=layerwise, max_memory=max_memory,
+                               block_size=block_size)
+    if combined is not None:
+        return combined
     if max_memory is not None or block_size is not None or out is not None or resume is not False:
         from .scale.blocked import blocked_ntk_diag
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastntk import experiments as E
+from fastntk.experiments.at_init import per_init_layerwise
 from fastntk.cli import main
 from fastntk.ensemble import ensemble_ntk
 
@@ -20,7 +21,7 @@ def test_homogeneity_shortcut_equals_direct_ensembles():
     x = E.sphere_inputs(12, [0.3, 1.0])
     widths = [12] * 4 + [1]
     for act in ("relu", "leaky_relu"):
-        per = E._per_init_layerwise(widths, x, [5, 6, 7, 8], [0.7, 2.5], activation=act,
+        per = per_init_layerwise(widths, x, [5, 6, 7, 8], [0.7, 2.5], activation=act,
                                     parametrization="standard", sigma_b=0.0, device=None, chunk=None)
         for v in (0.7, 2.5):
             direct = ensemble_ntk(widths, x, seeds=[5, 6, 7, 8], activation=act, parametrization="standard",
@@ -139,7 +140,7 @@ def test_cli_run_layer_shares_and_convergence(tmp_path):
     (["run", "layer_shares", "--depths", "2", "3"], "one value"),
     (["run", "nonsense"], "invalid choice"),
     (["run", "dispersion", "--depths", "1", "--inits", "0"], "n_inits"),
-    (["run", "convergence", "--cosine", "0.5"], "--cosine does not apply"),
+    (["run", "convergence", "--cosine", "0.5"], "unrecognized arguments: --cosine"),
 ])
 def test_cli_bad_arguments(argv, word, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -147,12 +148,41 @@ def test_cli_bad_arguments(argv, word, capsys, tmp_path):
     assert e.value.code == 2 and word in capsys.readouterr().err
 
 
-def test_cli_help_explains_experiments(capsys):
+def test_cli_help_lists_experiments(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = capsys.readouterr().out
-    for word in ("dispersion", "convergence", "layer_shares", "edge of chaos", "1:20", "--inits", "seed"):
+    for name in E.names():
+        assert name in text and E.get(name).summary[:30] in text
+
+
+@pytest.mark.parametrize("name,words", [
+    ("dispersion", ("edge of chaos", "1:20", "--inits", "seed", "1:49", "--cosine")),
+    ("convergence", ("-1/2", "--inits", "seed", "--width")),
+    ("layer_shares", ("one value", "--inits", "seed")),
+])
+def test_cli_help_explains_each_experiment(name, words, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", name, "--help"])
+    text = capsys.readouterr().out
+    for word in words:
         assert word in text
+
+
+def test_registry_finds_each_experiment_module():
+    assert E.names()[:3] == ["dispersion", "convergence", "layer_shares"]
+    for name in E.names():
+        exp = E.get(name)
+        assert exp.name == name and exp.module.__name__ == f"fastntk.experiments.{name}"
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; choose one of dispersion"):
+        E.get("nope")
+
+
+def test_cli_repeated_list_flags_add_up(tmp_path):
+    assert main(["run", "dispersion", "--depths", "1", "--depths", "2", "--sigma-w2", "1", "--width", "6",
+                 "--inits", "4", "--cosine", "1", "--cosine", "0.5", "--out", str(tmp_path), "--no-progress"]) == 0
+    rec = json.loads((tmp_path / "dispersion.json").read_text())
+    assert rec["settings"]["depths"] == [1, 2] and rec["settings"]["cosines"] == [1.0, 0.5]
 
 
 @pytest.mark.parametrize("cosines", [[2.0], [float("nan")], [0.5, -1.5]])
@@ -161,3 +191,52 @@ def test_sphere_inputs_refuses_cosines_off_the_sphere(cosines):
 
     with pytest.raises(ValueError, match=r"cosines must be numbers in \[-1, 1\]"):
         experiments.sphere_inputs(4, cosines)
+
+
+def test_training_experiment_tiny(tmp_path, capsys):
+    out = tmp_path / "tr"
+    assert main(["run", "training", "--sigma-w2", "1", "2.2", "--depth", "3", "--width", "16", "--steps", "20",
+                 "--n-train", "300", "--lr", "1e-2", "--per-class", "3", "--heatmap-steps", "0", "20", "--out", str(out),
+                 "--no-progress"]) == 0
+    for name in ("training.csv", "training.png", "training.json", "training_summary.csv", "training_kernels.npz"):
+        assert (out / name).stat().st_size > 0
+    rows = E.load_csv(str(out / "training.csv"))
+    steps = sorted({r["step"] for r in rows})
+    assert steps == [0, 1, 2, 5, 10, 20] and len(rows) == 2 * len(steps)
+    for r in rows:
+        assert {"rel_change", "within_between_ratio", "centered_alignment", "lambda_min", "train_acc",
+                "test_acc", "layer_share_4"} <= set(r)
+        assert r["rel_change"] == 0 if r["step"] == 0 else r["rel_change"] > 0
+    assert "sigma_w^2 = 2.2 (chaotic)" in capsys.readouterr().out
+    # the direction that holds at every size we ran: the kernel's class structure grows with training
+    for v in (1.0, 2.2):
+        sel = {r["step"]: r for r in rows if r["sigma_w2"] == v}
+        assert sel[20]["within_between_ratio"] > sel[0]["within_between_ratio"]
+        assert sel[20]["train_acc"] > sel[0]["train_acc"]
+    import numpy as np
+
+    kernels = np.load(out / "training_kernels.npz")
+    assert sorted(kernels.files) == ["sigma_w2=1_step=0", "sigma_w2=1_step=20", "sigma_w2=2.2_step=0",
+                                     "sigma_w2=2.2_step=20"]
+    assert kernels["sigma_w2=1_step=0"].shape == (30, 30)
+
+
+def test_training_experiment_bad_arguments():
+    with pytest.raises(ValueError, match="optimizer"):
+        E.training(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="n_steps"):
+        E.training(n_steps=0)
+
+
+def test_divergence_experiment_tiny(tmp_path):
+    assert main(["run", "divergence", "--width", "16", "64", "--steps", "50", "--n-train", "8", "--dim", "4",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    for name in ("divergence.csv", "divergence.png", "divergence.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = E.load_csv(str(tmp_path / "divergence.csv"))
+    assert {r["loss"] for r in rows} == {"cross_entropy", "mse"} and {r["width"] for r in rows} == {16, 64}
+    last = {(r["loss"], r["width"]): r for r in rows if r["step"] == 50}
+    for w in (16, 64):
+        # the logistic loss keeps pushing the outputs out; the squared loss stops them near the labels +-1
+        assert last[("cross_entropy", w)]["output_norm"] > last[("mse", w)]["output_norm"]
+        assert last[("cross_entropy", w)]["train_acc"] == 1.0
