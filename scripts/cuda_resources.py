@@ -22,7 +22,8 @@ MAX_STATIC_SHARED = 48 * 1024  # per block without opt-in
 THREADS_PER_BLOCK = 256  # every launch but the trace-symmetric tile (32 x 8 = 256 too)
 REGISTERS_PER_SM = 64 * 1024
 
-COMPILE = re.compile(r"^\[\d+/\d+\] .*nvcc.* -c (\S+\.cu) -o (\S+\.o)")
+# pip -v indents the build's output.
+COMPILE = re.compile(r"^\s*\[\d+/\d+\] .*nvcc.* -c (\S+\.cu) -o (\S+\.o)")
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
 PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
@@ -37,7 +38,7 @@ def split_log(log: str) -> dict[str, tuple[str, str]]:
         if m:
             current = m.group(2)
             out[current] = (m.group(1), "")
-        elif line.startswith("["):
+        elif line.lstrip().startswith("["):
             current = None
         elif current and ("ptxas" in line or "bytes stack frame" in line):
             src, text = out[current]

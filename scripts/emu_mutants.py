@@ -3,10 +3,13 @@ a copy of csrc/, build the emulated extension from it, run the op and engine
 tests on it (first in the default order, then, if nothing failed, randomized
 on a shrunken GPU) and report for each bug whether and how it was caught.
 
-Usage: python scripts/emu_mutants.py [--only NAME ...] [--markdown FILE]
+Usage: python scripts/emu_mutants.py [--only NAME ...] [--markdown FILE] [--build-dir DIR]
 
-The copy and its object files live in build/emu-mutants/ (each mutant
-recompiles only the file it changes). Exit status 1 when a mutant is not
+Each bug is written into csrc/ itself for the time of its build, and the
+original restored right after (also on an error or Ctrl-C), so that `make
+emulate`'s object files serve and only the changed file recompiles; do not
+edit csrc/ while it runs. The mutant module goes to build/emu-mutants/pkg, a
+copy of the package, never to fastntk/. Exit status 1 when a mutant is not
 caught.
 """
 
@@ -24,7 +27,6 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(REPO, "build", "emu-mutants")
-SRC = os.path.join(WORK, "csrc")
 PKG = os.path.join(WORK, "pkg")  # a fastntk package copy whose _C_cuda_emu is the mutant
 TESTS = ["tests/test_ops.py", "tests/test_ntk.py"]
 SHRUNK = {"FASTNTK_EMU_SEED": "7", "FASTNTK_EMU_SMS": "1", "FASTNTK_EMU_MAX_GRID_X": "3",
@@ -40,25 +42,14 @@ class Mutant:
     new: str
 
 
+# Grouped by file: consecutive mutants of one file recompile only it.
 MUTANTS = [
-    Mutant("removed-barrier", "the first __syncthreads of block_reduce_sum removed",
-           "cuda/launch.cuh", "  if (lane == 0) shared[warp] = v;\n  __syncthreads();\n",
-           "  if (lane == 0) shared[warp] = v;\n"),
-    Mutant("removed-trailing-barrier", "the trailing __syncthreads of block_reduce_sum removed",
-           "cuda/launch.cuh", "  __syncthreads();  // let the caller reuse `shared`\n", ""),
     Mutant("barrier-in-divergent-branch", "the trace-symmetric kernel's __syncthreads only in threadIdx.y == 0",
            "cuda/ntk_accumulate_cuda.cu", "  }\n  __syncthreads();\n  for (int r = threadIdx.y;",
            "  }\n  if (threadIdx.y == 0) __syncthreads();\n  for (int r = threadIdx.y;"),
-    Mutant("threads-leave-before-barrier", "threads past the row length return before block_reduce_sum",
-           "cuda/ntk_diag_accumulate_cuda.cu", "    const scalar_t* ai = a + i * p;\n",
-           "    const scalar_t* ai = a + i * p;\n    if (threadIdx.x >= p) return;\n"),
     Mutant("tile-edge-off-by-one", "the trace-symmetric tile's column bound c < b.cols became c <= b.cols",
            "cuda/ntk_accumulate_cuda.cu", "    if (i < b.rows && c < b.cols && c >= i) {",
            "    if (i < b.rows && c <= b.cols && c >= i) {"),
-    Mutant("shared-index-out-of-bounds", "block_reduce_sum writes shared[warp + 1] (8 slots)",
-           "cuda/launch.cuh", "  if (lane == 0) shared[warp] = v;", "  if (lane == 0) shared[warp + 1] = v;"),
-    Mutant("grid-stride-bound", "the backprop epilogue's grid-stride loop runs while idx <= total",
-           "cuda/backprop_delta_cuda.cu", "       idx < total; idx += stride) {", "       idx <= total; idx += stride) {"),
     Mutant("wrong-mirror-index", "the generic kernel mirrors (i, j, k, k') to (j, i, k, k') instead of (j, i, k', k)",
            "cuda/ntk_accumulate_cuda.cu", "    const int64_t om = (j * n2 + gi) * per_out + e_t;",
            "    const int64_t om = (j * n2 + gi) * per_out + e;"),
@@ -71,12 +62,23 @@ MUTANTS = [
     Mutant("missing-lower-triangle-skip", "symmetric blocks no longer skip j < i (pairs counted twice)",
            "cuda/ntk_accumulate_cuda.cu", "    if (b.symmetric && j < gi) continue;  // written by the mirror of (j, gi)\n",
            ""),
+    Mutant("grid-stride-bound", "the backprop epilogue's grid-stride loop runs while idx <= total",
+           "cuda/backprop_delta_cuda.cu", "       idx < total; idx += stride) {", "       idx <= total; idx += stride) {"),
+    Mutant("threads-leave-before-barrier", "threads past the row length return before block_reduce_sum",
+           "cuda/ntk_diag_accumulate_cuda.cu", "    const scalar_t* ai = a + i * p;\n",
+           "    const scalar_t* ai = a + i * p;\n    if (threadIdx.x >= p) return;\n"),
+    Mutant("removed-barrier", "the first __syncthreads of block_reduce_sum removed",
+           "cuda/launch.cuh", "  if (lane == 0) shared[warp] = v;\n  __syncthreads();\n",
+           "  if (lane == 0) shared[warp] = v;\n"),
+    Mutant("removed-trailing-barrier", "the trailing __syncthreads of block_reduce_sum removed",
+           "cuda/launch.cuh", "  __syncthreads();  // let the caller reuse `shared`\n", ""),
+    Mutant("shared-index-out-of-bounds", "block_reduce_sum writes shared[warp + 1] (8 slots)",
+           "cuda/launch.cuh", "  if (lane == 0) shared[warp] = v;", "  if (lane == 0) shared[warp + 1] = v;"),
 ]
 
 
 def sync_tree(src: str, dst: str) -> None:
-    """Make dst a copy of src, rewriting only files whose content differs (so
-    ninja recompiles only what changed)."""
+    """Make dst a copy of src, rewriting only files whose content differs."""
     for root, _, files in os.walk(src):
         for f in files:
             s = os.path.join(root, f)
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", help="mutant names to run (default: all)")
     parser.add_argument("--markdown", help="also write the result table to this file")
+    parser.add_argument("--build-dir", help="the emulated build's directory (default: make emulate's)")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import build_emulated
@@ -143,18 +146,22 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(os.path.join(REPO, "fastntk", f), os.path.join(PKG, "fastntk", f))
     out_so = os.path.join(PKG, "fastntk", "_C_cuda_emu" + sysconfig.get_config_var("EXT_SUFFIX"))
     rows, missed = [], 0
+    build_dir = args.build_dir or build_emulated.default_build_dir()
     for m in mutants:
-        sync_tree(os.path.join(REPO, "csrc"), SRC)
-        path = os.path.join(SRC, m.path)
-        text = open(path).read()
-        if text.count(m.old) != 1:
-            raise SystemExit(f"mutant {m.name}: the text to replace occurs {text.count(m.old)} times in {m.path}")
-        with open(path, "w") as f:
-            f.write(text.replace(m.old, m.new))
+        path = os.path.join(REPO, "csrc", m.path)
+        with open(path) as f:
+            original = f.read()
+        if original.count(m.old) != 1:
+            raise SystemExit(f"mutant {m.name}: the text to replace occurs {original.count(m.old)} times in {m.path}")
         t0 = time.time()
-        build = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "build_emulated.py"), "--csrc", SRC,
-                                "--build-dir", os.path.join(WORK, "build"), "--out", out_so],
-                               capture_output=True, text=True)
+        try:
+            with open(path, "w") as f:
+                f.write(original.replace(m.old, m.new))
+            build = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "build_emulated.py"),
+                                    "--build-dir", build_dir, "--out", out_so], capture_output=True, text=True)
+        finally:
+            with open(path, "w") as f:
+                f.write(original)
         if build.returncode != 0:
             rows.append((m, "did not compile", "-"))
             print(f"{m.name}: did not compile\n{build.stdout[-2000:]}{build.stderr[-2000:]}", flush=True)
@@ -169,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         missed += how == "NOT caught"
         rows.append((m, how, run))
         print(f"{m.name}: {how} [{run}] ({time.time() - t0:.0f} s)", flush=True)
-    sync_tree(os.path.join(REPO, "csrc"), SRC)  # leave the copy clean
     table = ["| injected bug | where | caught by | run |", "|---|---|---|---|"]
     table += [f"| {m.what} | `{m.path}` | {how} | {run} |" for m, how, run in rows]
     print("\n".join(table))

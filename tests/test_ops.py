@@ -88,6 +88,7 @@ class TestBackpropDelta:
             got = _ops.backprop_delta(dn, w, h, 0.7, *spec.op_args())
             assert rel_err(got[:, 0], hh.grad) <= 1e-12, act
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args, kwargs in self.sample_inputs(device, torch.float64):
             torch.library.opcheck(_ops._library().backprop_delta.default, args, kwargs)
@@ -206,6 +207,7 @@ class TestNtkAccumulate:
         with pytest.raises(RuntimeError, match="bias_out must be a different tensor from out"):
             _ops._library().ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", out)
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
             torch.library.opcheck(_ops._library().ntk_accumulate.default, args)
@@ -344,6 +346,7 @@ class TestNtkAccumulateLayers:
         _ops.ntk_accumulate_layers(out, [], [], [], [], [], [], "trace")
         assert torch.equal(out, before)
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
             torch.library.opcheck(_ops._library().ntk_accumulate_layers.default, args)
@@ -409,6 +412,7 @@ class TestNtkDiagAccumulate:
         _ops.ntk_diag_accumulate(diag, a, d, 0.4, 0.3, "full")
         assert rel_err(diag, torch.diagonal(full, dim1=0, dim2=1).movedim(-1, 0)) <= 1e-12
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
             torch.library.opcheck(_ops._library().ntk_diag_accumulate.default, args)
