@@ -78,6 +78,7 @@ def demangle(names: list[str]) -> list[str]:
 def short(name: str) -> str:
     """The kernel's name and template arguments, without namespaces or parameters."""
     name = name.replace("fastntk::", "").replace("(anonymous namespace)::", "")
+    name = name[len("void "):] if name.startswith("void ") else name  # templates mangle their return type
     depth, cut = 0, len(name)
     for i, ch in enumerate(name):  # drop the parameter list: the first '(' outside template brackets
         depth += ch == "<"

@@ -11,6 +11,6 @@ PY=${PYTHON:-.venv/bin/python}
 eval "$("$PY" scripts/build_emulated.py --print-env)"
 export FASTNTK_TEST_EMULATION=1
 echo "test-emulated: FASTNTK_EMU_SEED=${FASTNTK_EMU_SEED:-} FASTNTK_EMU_SMS=${FASTNTK_EMU_SMS:-} FASTNTK_EMU_MAX_GRID_X=${FASTNTK_EMU_MAX_GRID_X:-} FASTNTK_EMU_MAX_SCRATCH=${FASTNTK_EMU_MAX_SCRATCH:-} (unset: defaults)"
-start=$SECONDS
-"$PY" -m pytest tests/test_emulation.py tests/test_ops.py tests/test_ntk.py -q -p no:cacheprovider "$@"
-echo "test-emulated: $((SECONDS - start)) s"
+# CPU time next to wall time: on a shared machine the former is the cost.
+TIMEFORMAT="test-emulated: %R s wall, %U s user + %S s system CPU"
+time "$PY" -m pytest tests/test_emulation.py tests/test_ops.py tests/test_ntk.py -q -p no:cacheprovider "$@"
