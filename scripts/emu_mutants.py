@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(REPO, "build", "emu-mutants")
 PKG = os.path.join(WORK, "pkg")  # a fastntk package copy whose _C_cuda_emu is the mutant
 TESTS = ["tests/test_ops.py", "tests/test_ntk.py"]
-SHRUNK = {"FASTNTK_EMU_SEED": "7", "FASTNTK_EMU_SMS": "1", "FASTNTK_EMU_MAX_GRID_X": "3",
+SHRUNK = {"FASTNTK_EMU_SEED": "7", "FASTNTK_EMU_SMS": "1", "FASTNTK_EMU_MAX_GRID_X": "32",
           "FASTNTK_EMU_MAX_SCRATCH": "4096"}
 
 
@@ -91,7 +91,7 @@ def sync_tree(src: str, dst: str) -> None:
                     fd.write(data)
 
 
-def classify(output: str) -> str:
+def classify(output: str, returncode: int) -> str:
     m = re.search(r"ERROR: AddressSanitizer: ([\w-]+)", output)
     if m:
         return f"ASan: {m.group(1)}"
@@ -107,10 +107,12 @@ def classify(output: str) -> str:
     m = re.search(r"^FAILED (\S+)", output, re.M)
     if m:
         return f"wrong result ({m.group(1).split('::', 1)[-1]})"
-    return "failed (see log)"
+    if returncode < 0:
+        return f"test process killed by signal {-returncode}, no report"
+    return f"failed, exit status {returncode} (see log)"
 
 
-def run_tests(env_extra: dict[str, str], log: str) -> tuple[bool, str]:
+def run_tests(env_extra: dict[str, str], log: str) -> tuple[int, str]:
     env = dict(os.environ, FASTNTK_TEST_EMULATION="1", PYTHONPATH=PKG + os.pathsep + os.path.join(REPO, "tests"),
                **env_extra)
     for key in SHRUNK:
@@ -124,7 +126,7 @@ def run_tests(env_extra: dict[str, str], log: str) -> tuple[bool, str]:
     out = proc.stdout + proc.stderr
     with open(log, "w") as f:
         f.write(out)
-    return proc.returncode == 0, out
+    return proc.returncode, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         how, run = "NOT caught", "-"
         for label, knobs in (("default", {}), ("randomized + shrunken", SHRUNK)):
-            passed, out = run_tests({**runtime, **knobs}, os.path.join(WORK, f"{m.name}.{label.split()[0]}.log"))
-            if not passed:
-                how, run = classify(out), label
+            status, out = run_tests({**runtime, **knobs}, os.path.join(WORK, f"{m.name}.{label.split()[0]}.log"))
+            if status != 0:
+                how, run = classify(out, status), label
                 break
         missed += how == "NOT caught"
         rows.append((m, how, run))
