@@ -120,7 +120,10 @@ def run_tests(env_extra: dict[str, str], log: str) -> tuple[int, str]:
             env.pop(key, None)
     # Run from WORK so that `python -m pytest` puts the package copy, not the
     # worktree's fastntk/, first on the path.
+    # --capture=sys: ASan writes its report to file descriptor 2, which
+    # pytest's default capture would swallow when ASan ends the process.
     proc = subprocess.run([sys.executable, "-m", "pytest", *(os.path.join(REPO, t) for t in TESTS), "-x", "-q",
+                           "--capture=sys",
                            "-p", "no:cacheprovider", "-c", os.path.join(REPO, "pyproject.toml"), "--rootdir", REPO],
                           cwd=WORK, env=env, capture_output=True, text=True)
     out = proc.stdout + proc.stderr

@@ -13,4 +13,7 @@ export FASTNTK_TEST_EMULATION=1
 echo "test-emulated: FASTNTK_EMU_SEED=${FASTNTK_EMU_SEED:-} FASTNTK_EMU_SMS=${FASTNTK_EMU_SMS:-} FASTNTK_EMU_MAX_GRID_X=${FASTNTK_EMU_MAX_GRID_X:-} FASTNTK_EMU_MAX_SCRATCH=${FASTNTK_EMU_MAX_SCRATCH:-} (unset: defaults)"
 # CPU time next to wall time: on a shared machine the former is the cost.
 TIMEFORMAT="test-emulated: %R s wall, %U s user + %S s system CPU"
-time "$PY" -m pytest tests/test_emulation.py tests/test_ops.py tests/test_ntk.py -q -p no:cacheprovider "$@"
+# --capture=sys: ASan and UBSan write their reports to file descriptor 2,
+# which pytest's default capture would swallow when they end the process.
+time "$PY" -m pytest tests/test_emulation.py tests/test_ops.py tests/test_ntk.py -q -p no:cacheprovider \
+  --capture=sys "$@"
