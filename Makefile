@@ -15,7 +15,7 @@ EXT_SOURCES := setup.py pyproject.toml $(sort $(wildcard csrc/*.cpp csrc/*.h csr
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: test demo bench bench-setup cuda-check install clean fuzz sanitize
+.PHONY: test demo bench bench-setup cuda-check install clean fuzz sanitize emulate test-emulated emu-mutants
 
 install: $(VENV)/.fastntk-built
 
@@ -52,6 +52,22 @@ fuzz: install
 # and engine tests run against it; any sanitizer report fails.
 sanitize: $(VENV)/.deps-installed
 	PY=$(PY) bash scripts/sanitize.sh
+
+# The CUDA kernels and drivers run by a CPU emulator (csrc/emulation/) under
+# ASan/UBSan: `emulate` builds fastntk/_C_cuda_emu (objects cached in
+# ~/.cache/fastntk), `test-emulated` runs the op and engine tests on it; set the
+# emulator's knobs in EMU_KNOBS, e.g. EMU_KNOBS="FASTNTK_EMU_SEED=3 FASTNTK_EMU_SMS=1".
+# `emu-mutants` injects bugs one at a time and reports which tests catch them.
+EMU_KNOBS ?=
+
+emulate: install
+	$(PY) scripts/build_emulated.py
+
+test-emulated: emulate
+	env $(EMU_KNOBS) PYTHON=$(PY) bash scripts/test_emulated.sh
+
+emu-mutants: emulate
+	$(PY) scripts/emu_mutants.py
 
 clean:
 	rm -rf build *.egg-info fastntk/_C*.so $(VENV)/.fastntk-built

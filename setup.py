@@ -8,7 +8,9 @@ FASTNTK_LINK_FLAGS (extra C++ compiler and linker flags, split like a shell,
 after the defaults so that e.g. an -O level there wins; scripts/sanitize.sh
 uses them), DEBUG=1, FORCE_CUDA=1,
 FASTNTK_NO_EXTENSION=1 (pure-Python install that runs on the reference ops).
-Install with ``pip install --no-build-isolation .`` so the build uses your torch.
+When the toolkit lacks the cuBLAS/cuSPARSE headers, those of the NVIDIA
+wheels installed with torch are used. Install with
+``pip install --no-build-isolation .`` so the build uses your torch.
 """
 
 import glob
@@ -25,6 +27,24 @@ DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
 
 def _log(msg: str) -> None:
     print(f"[fastntk setup] {msg}", file=sys.stderr)
+
+
+def _nvidia_wheel_includes(cuda_home: str) -> list[str]:
+    """Include directories of the NVIDIA wheels torch came with (nvidia/cu13/include,
+    or nvidia/<library>/include in older layouts), when the toolkit lacks the
+    cuBLAS/cuSPARSE headers that ATen's CUDA headers include (a minimal toolkit
+    has only nvcc and the runtime)."""
+    if os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
+        return []
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    found = []
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        for inc in sorted(glob.glob(os.path.join(base, "*", "include"))):
+            if any(os.path.exists(os.path.join(inc, h)) for h in ("cusparse.h", "cublas_v2.h", "cusolverDn.h")):
+                found.append(inc)
+    return found
 
 
 def _extensions():
@@ -54,6 +74,7 @@ def _extensions():
     link_flags += shlex.split(os.environ.get("FASTNTK_LINK_FLAGS", ""))
     define_macros = []
     extra_compile_args = {"cxx": cxx_flags}
+    include_dirs = [os.path.join(here, "csrc")]
 
     if use_cuda:
         if torch.version.cuda is None:
@@ -67,6 +88,10 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
             _log(f"no GPU visible and no TORCH_CUDA_ARCH_LIST: using {DEFAULT_CUDA_ARCH_LIST}")
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        wheel_includes = _nvidia_wheel_includes(CUDA_HOME)
+        if wheel_includes:
+            _log(f"{CUDA_HOME} has no cuBLAS/cuSPARSE headers: using the NVIDIA wheels' {wheel_includes}")
+            include_dirs += wheel_includes
         nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3"]
         nvcc_flags += ["--expt-relaxed-constexpr"]
         nvcc_flags += shlex.split(os.environ.get("NVCC_FLAGS", ""))
@@ -86,7 +111,7 @@ def _extensions():
     ext = ext_cls(
         name="fastntk._C",
         sources=sources,
-        include_dirs=[os.path.join(here, "csrc")],
+        include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra_compile_args,
         extra_link_args=link_flags,

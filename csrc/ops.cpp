@@ -6,22 +6,9 @@
 
 #include <string>
 
-namespace fastntk {
+#include "schemas.h"
 
-// Kept in one place so that fastntk.backend() can print them.
-const char* const kSchemas[] = {
-    "backprop_delta(Tensor delta_next, Tensor weight, Tensor h, float scale, "
-    "str activation, float negative_slope=0.01, float beta=1., "
-    "float threshold=20.) -> Tensor",
-    "ntk_accumulate(Tensor(a!) out, Tensor a1, Tensor a2, Tensor d1, "
-    "Tensor d2, float weight_scale, float bias_scale, str outputs, "
-    "Tensor(b!)? bias_out=None) -> ()",
-    "ntk_accumulate_layers(Tensor(a!) out, Tensor[] a1, Tensor[] a2, "
-    "Tensor[] d1, Tensor[] d2, float[] weight_scales, float[] bias_scales, "
-    "str outputs) -> ()",
-    "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
-    "float weight_scale, float bias_scale, str outputs) -> ()",
-};
+namespace fastntk {
 
 TORCH_LIBRARY(fastntk, m) {
   for (const char* schema : kSchemas) m.def(schema);

@@ -16,6 +16,7 @@ returning values without a gradient.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -75,6 +76,29 @@ else:
     for _name in SCHEMAS:
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastntk::{_name}", "CUDA"):
             _impl_lib.impl(_name, getattr(_reference, _name), "CUDA")
+
+
+#: The op library the wrappers call. Only _route changes it: the tests run the
+#: same calls through torch.ops.fastntk_emu, the CUDA kernels executed by the
+#: CPU emulator (csrc/emulation/), which registers the same schemas.
+_namespace = "fastntk"
+
+
+def _library():
+    """``torch.ops.<namespace>`` that the wrappers below call."""
+    return getattr(torch.ops, _namespace)
+
+
+@contextlib.contextmanager
+def _route(namespace: str):
+    """Within the block, the wrappers (and so the engine) call
+    ``torch.ops.<namespace>`` instead of ``torch.ops.fastntk``."""
+    global _namespace
+    previous, _namespace = _namespace, namespace
+    try:
+        yield
+    finally:
+        _namespace = previous
 
 
 def backend() -> str:
@@ -142,7 +166,7 @@ def backprop_delta(
     (N, K, n) tensor delta^l.
     """
     _refuse_grad("backprop_delta", delta_next=delta_next, weight=weight, h=h)
-    return torch.ops.fastntk.backprop_delta.default(
+    return _library().backprop_delta.default(
         delta_next, weight, h, scale, activation, negative_slope, beta, threshold
     )
 
@@ -168,7 +192,7 @@ def ntk_accumulate(
         and bias_out the bias term, from one delta Gram (layerwise mode).
     """
     _refuse_grad("ntk_accumulate", out=out, a1=a1, a2=a2, d1=d1, d2=d2)
-    torch.ops.fastntk.ntk_accumulate.default(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs, bias_out)
+    _library().ntk_accumulate.default(out, a1, a2, d1, d2, weight_scale, bias_scale, outputs, bias_out)
 
 
 def ntk_accumulate_layers(
@@ -197,7 +221,7 @@ def ntk_accumulate_layers(
         _refuse_grad("ntk_accumulate_layers", out=out, **{
             f"{name}[{l}]": t for name, ts in (("a1", a1), ("a2", a2), ("d1", d1), ("d2", d2))
             for l, t in enumerate(ts)})
-    torch.ops.fastntk.ntk_accumulate_layers.default(
+    _library().ntk_accumulate_layers.default(
         out, list(a1), list(a2), list(d1), list(d2), [float(s) for s in weight_scales],
         [float(s) for s in bias_scales], outputs)
 
@@ -216,7 +240,7 @@ def ntk_diag_accumulate(
     a : (N, p) input activations; d : (N, K, n) signals.
     """
     _refuse_grad("ntk_diag_accumulate", out=out, a=a, d=d)
-    torch.ops.fastntk.ntk_diag_accumulate.default(out, a, d, weight_scale, bias_scale, outputs)
+    _library().ntk_diag_accumulate.default(out, a, d, weight_scale, bias_scale, outputs)
 
 
 # ---------------------------------------------------------------- fake kernels

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build fastntk's CUDA extension on a machine without a GPU and prove that it
 # compiles, links, imports and registers a CUDA (and CPU) kernel for every op
-# in torch.ops.fastntk. Kernels cannot run here; tests/ runs them on a GPU
+# in torch.ops.fastntk, and that no kernel spills registers or exceeds the
+# hardware's register or shared-memory limits (ptxas's report, per arch). Kernels cannot run here; tests/ runs them on a GPU
 # machine (scripts/gpu_check.sh).
 #
 # The CPU torch wheel cannot build a CUDAExtension, so this uses a separate
@@ -47,17 +48,13 @@ PY=$VENV/bin/python
 log "$("$PY" -c 'import torch; print(f"torch {torch.__version__} (CUDA {torch.version.cuda})")'), nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
 
 # A minimal toolkit (like this machine's) has nvcc and the runtime but not the
-# cuBLAS / cuSPARSE / cuSOLVER headers that ATen/cuda/CUDAContext.h includes;
-# torch's pip wheel depends on NVIDIA's library wheels, which ship them.
+# cuBLAS / cuSPARSE headers that ATen/cuda/CUDAContext.h includes; setup.py
+# then uses those of the NVIDIA wheels torch depends on (checked here too).
 if [ ! -f "$CUDA_HOME/include/cusparse.h" ]; then
-  inc=$("$PY" -c 'import glob, os, sys; print(next(iter(sorted(glob.glob(os.path.join(sys.prefix, "lib", "python*", "site-packages", "nvidia", "cu*", "include")))), ""))')
-  if [ -z "$inc" ] || [ ! -f "$inc/cusparse.h" ]; then
-    log "FAILED: no cusparse.h in $CUDA_HOME/include nor in the venv's nvidia wheels" >&2
-    exit 1
-  fi
-  export NVCC_FLAGS="${NVCC_FLAGS:-} -I$inc"
-  log "$CUDA_HOME has no cuBLAS/cuSPARSE headers: using $inc"
+  log "$CUDA_HOME has no cuBLAS/cuSPARSE headers: setup.py must find the NVIDIA wheels' (no NVCC_FLAGS given)"
 fi
+# ptxas's per-kernel report (registers, shared memory, spills) for step 5.
+export NVCC_FLAGS="${NVCC_FLAGS:-} -Xptxas -v"
 
 # 2. Sync the build inputs (tracked files plus new untracked ones that git does
 # not ignore, so the check also covers uncommitted work). Copy only changed
@@ -86,9 +83,26 @@ log "source in $SRC: $copied file(s) updated, $removed removed"
 
 # 3. Build and install into the CUDA venv. pip builds in the source tree, so
 # $SRC/build/ (ninja's object files and build.ninja) persists between runs.
-log "building (each changed .cu takes 1-2 minutes on 2 cores)"
-(cd "$SRC" && "$PY" -m pip install --no-build-isolation --no-deps --quiet .)
+# A .cu object without a stored ptxas report (a build before the report
+# existed) is removed so that it is recompiled and reported.
+for cu in "$SRC"/csrc/cuda/*.cu; do
+  base=$(basename "${cu%.cu}")
+  find "$SRC/build" -name "$base.o" 2>/dev/null | while IFS= read -r obj; do
+    [ -f "$obj.ptxas" ] || rm -f "$obj"
+  done
+done
+log "building (each changed .cu takes 1-2 minutes on 2 cores; log in $BUILD/build.log)"
+if ! (cd "$SRC" && "$PY" -m pip install --no-build-isolation --no-deps -v .) > "$BUILD/build.log" 2>&1; then
+  tail -n 60 "$BUILD/build.log" >&2
+  log "FAILED: the build failed (full log: $BUILD/build.log)" >&2
+  exit 1
+fi
+grep -F "[fastntk setup]" "$BUILD/build.log" | sed 's/^/cuda-check: /' || true
 log "built and installed in $((SECONDS - start)) s"
+
+# 3b. Registers, static shared memory, stack and spills of every kernel, per
+# architecture; fails on a spill or a kernel over the hardware limits.
+"$PY" "$REPO/scripts/cuda_resources.py" "$BUILD/build.log" "$SRC/build" "$SRC"/csrc/cuda/*.cu
 
 # 4. Import the compiled module itself (not the fastntk package, whose Python
 # code is not under test here) from outside the source tree, and check the

@@ -8,13 +8,36 @@ checks the layerwise identity, the model parsing and the kernels at once.
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
 
+from fastntk import _ops
+
 torch.manual_seed(0)
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: FASTNTK_TEST_EMULATION=1 runs every op call of the tests through
+#: torch.ops.fastntk_emu: the CUDA kernels and drivers executed by the CPU
+#: emulator (csrc/emulation/; `make emulate` builds it, `make test-emulated`
+#: runs the op and engine tests that way). Tests marked no_emulation skip.
+EMULATION = os.environ.get("FASTNTK_TEST_EMULATION", "0") == "1"
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not EMULATION else [])
+
+
+@pytest.fixture(autouse=True)
+def ops_namespace(request):
+    """The op library the test's calls go to: fastntk, or fastntk_emu."""
+    if not EMULATION:
+        yield "fastntk"
+        return
+    if request.node.get_closest_marker("no_emulation"):
+        pytest.skip("not meaningful for the emulated CUDA ops")
+    import emulation
+    emulation.load()
+    with _ops._route("fastntk_emu"):
+        yield "fastntk_emu"
 
 #: Maximum relative error (max |err| / max |ref|) against the float64 oracle.
 #: float64 is fixed and tight. float32 is derived from numerics: fastntk may

@@ -88,9 +88,10 @@ class TestBackpropDelta:
             got = _ops.backprop_delta(dn, w, h, 0.7, *spec.op_args())
             assert rel_err(got[:, 0], hh.grad) <= 1e-12, act
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args, kwargs in self.sample_inputs(device, torch.float64):
-            torch.library.opcheck(torch.ops.fastntk.backprop_delta.default, args, kwargs)
+            torch.library.opcheck(_ops._library().backprop_delta.default, args, kwargs)
 
     def test_compile(self, device):
         f = torch.compile(lambda d, w, h: _ops.backprop_delta(d, w, h, 0.5, "gelu"),
@@ -109,11 +110,11 @@ class TestBackpropDelta:
     ])
     def test_bad_inputs(self, args, match):
         with pytest.raises(RuntimeError, match=match):
-            torch.ops.fastntk.backprop_delta(*args(), 1.0, "relu")
+            _ops._library().backprop_delta(*args(), 1.0, "relu")
 
     def test_bad_activation(self):
         with pytest.raises(RuntimeError, match="activation must be one of .*got 'swish'"):
-            torch.ops.fastntk.backprop_delta(torch.zeros(2, 1, 3), torch.zeros(3, 4), torch.zeros(2, 4), 1.0, "swish")
+            _ops._library().backprop_delta(torch.zeros(2, 1, 3), torch.zeros(3, 4), torch.zeros(2, 4), 1.0, "swish")
 
     def test_refuses_grad(self):
         d = torch.zeros(2, 1, 3, requires_grad=True)
@@ -198,17 +199,18 @@ class TestNtkAccumulate:
 
     def test_bias_out_opcheck_and_errors(self, device):
         for args in list(self.sample_inputs(device, torch.float64))[::5]:
-            torch.library.opcheck(torch.ops.fastntk.ntk_accumulate.default, args + (args[0].clone(),))
+            torch.library.opcheck(_ops._library().ntk_accumulate.default, args + (args[0].clone(),))
         z = lambda *s: torch.zeros(*s, device=device)
         with pytest.raises(RuntimeError, match=r"bias_out must have the shape of out \(2, 3\), got shape \(3, 2\)"):
-            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", z(3, 2))
+            _ops._library().ntk_accumulate(z(2, 3), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", z(3, 2))
         out = z(2, 3)
         with pytest.raises(RuntimeError, match="bias_out must be a different tensor from out"):
-            torch.ops.fastntk.ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", out)
+            _ops._library().ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", out)
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
-            torch.library.opcheck(torch.ops.fastntk.ntk_accumulate.default, args)
+            torch.library.opcheck(_ops._library().ntk_accumulate.default, args)
 
     def test_compile(self, device):
         def f(out, a, d):
@@ -240,31 +242,31 @@ class TestNtkAccumulate:
     ])
     def test_bad_out(self, outputs, shape, match):
         with pytest.raises(RuntimeError, match=match):
-            torch.ops.fastntk.ntk_accumulate(torch.zeros(shape), torch.zeros(2, 4), torch.zeros(3, 4),
+            _ops._library().ntk_accumulate(torch.zeros(shape), torch.zeros(2, 4), torch.zeros(3, 4),
                                              torch.zeros(2, 2, 5), torch.zeros(3, 2, 5), 1.0, 1.0, outputs)
 
     def test_out_overlapping_an_input_is_refused(self):
         z = torch.zeros
         out = z(2, 3)
         with pytest.raises(RuntimeError, match="single memory location"):
-            torch.ops.fastntk.ntk_accumulate(out, out, z(3, 3), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+            _ops._library().ntk_accumulate(out, out, z(3, 3), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
         with pytest.raises(RuntimeError, match="single memory location"):
-            torch.ops.fastntk.ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace",
+            _ops._library().ntk_accumulate(out, z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace",
                                              out.view(2, 3))
         a1 = z(2, 3)  # bias_out would be written while a1 is still read
         with pytest.raises(RuntimeError, match="single memory location"):
-            torch.ops.fastntk.ntk_accumulate(out, a1, z(3, 3), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", a1)
+            _ops._library().ntk_accumulate(out, a1, z(3, 3), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace", a1)
 
     def test_bad_shapes_and_dtypes(self):
         z = torch.zeros
         with pytest.raises(RuntimeError, match=r"a2.size\(1\) must equal a1.size\(1\) \(4\), got shape \(3, 5\)"):
-            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4), z(3, 5), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+            _ops._library().ntk_accumulate(z(2, 3), z(2, 4), z(3, 5), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
         with pytest.raises(RuntimeError, match=r"d2.size\(2\) must equal d1.size\(2\)"):
-            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 6), 1.0, 1.0, "trace")
+            _ops._library().ntk_accumulate(z(2, 3), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 6), 1.0, 1.0, "trace")
         with pytest.raises(RuntimeError, match="must have the dtype of out"):
-            torch.ops.fastntk.ntk_accumulate(z(2, 3), z(2, 4).double(), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+            _ops._library().ntk_accumulate(z(2, 3), z(2, 4).double(), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
         with pytest.raises(RuntimeError, match="out must be contiguous"):
-            torch.ops.fastntk.ntk_accumulate(z(3, 2).t(), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
+            _ops._library().ntk_accumulate(z(3, 2).t(), z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5), 1.0, 1.0, "trace")
 
 
 # (N1, N2, K, [(p, n) per layer]): one layer, several, more than one pass
@@ -344,9 +346,10 @@ class TestNtkAccumulateLayers:
         _ops.ntk_accumulate_layers(out, [], [], [], [], [], [], "trace")
         assert torch.equal(out, before)
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
-            torch.library.opcheck(torch.ops.fastntk.ntk_accumulate_layers.default, args)
+            torch.library.opcheck(_ops._library().ntk_accumulate_layers.default, args)
 
     def test_compile(self, device):
         def f(out, a, d, b):
@@ -363,17 +366,17 @@ class TestNtkAccumulateLayers:
         z = torch.zeros
         good = (z(2, 4), z(3, 4), z(2, 2, 5), z(3, 2, 5))
         with pytest.raises(RuntimeError, match=r"layer 1: d2.size\(2\) must equal d1.size\(2\)"):
-            torch.ops.fastntk.ntk_accumulate_layers(z(2, 3), [good[0]] * 2, [good[1]] * 2, [good[2]] * 2,
+            _ops._library().ntk_accumulate_layers(z(2, 3), [good[0]] * 2, [good[1]] * 2, [good[2]] * 2,
                                                     [good[3], z(3, 2, 6)], [1.0, 1.0], [1.0, 1.0], "trace")
         with pytest.raises(RuntimeError, match=r"layer 0: out must have shape \[2, 3, 2\]"):
-            torch.ops.fastntk.ntk_accumulate_layers(z(2, 3), [good[0]], [good[1]], [good[2]], [good[3]],
+            _ops._library().ntk_accumulate_layers(z(2, 3), [good[0]], [good[1]], [good[2]], [good[3]],
                                                     [1.0], [1.0], "per_output")
         with pytest.raises(RuntimeError, match="one entry per layer, got lengths 1, 1, 1, 1, 2, 1"):
-            torch.ops.fastntk.ntk_accumulate_layers(z(2, 3), [good[0]], [good[1]], [good[2]], [good[3]],
+            _ops._library().ntk_accumulate_layers(z(2, 3), [good[0]], [good[1]], [good[2]], [good[3]],
                                                     [1.0, 2.0], [1.0], "trace")
         out = z(2, 3)
         with pytest.raises(RuntimeError, match="single memory location"):
-            torch.ops.fastntk.ntk_accumulate_layers(out, [out], [z(3, 3)], [good[2]], [good[3]],
+            _ops._library().ntk_accumulate_layers(out, [out], [z(3, 3)], [good[2]], [good[3]],
                                                     [1.0], [1.0], "trace")
 
     def test_refuses_grad(self):
@@ -409,9 +412,10 @@ class TestNtkDiagAccumulate:
         _ops.ntk_diag_accumulate(diag, a, d, 0.4, 0.3, "full")
         assert rel_err(diag, torch.diagonal(full, dim1=0, dim2=1).movedim(-1, 0)) <= 1e-12
 
+    @pytest.mark.no_emulation  # minutes under the emulator; test_bias_out_opcheck_and_errors keeps a sample
     def test_opcheck(self, device):
         for args in self.sample_inputs(device, torch.float64):
-            torch.library.opcheck(torch.ops.fastntk.ntk_diag_accumulate.default, args)
+            torch.library.opcheck(_ops._library().ntk_diag_accumulate.default, args)
 
     def test_compile(self, device):
         def f(out, a, d):
@@ -426,23 +430,25 @@ class TestNtkDiagAccumulate:
     def test_bad_inputs(self):
         z = torch.zeros
         with pytest.raises(RuntimeError, match=r"d.size\(0\) must equal a.size\(0\) \(3\), got shape \(4, 2, 5\)"):
-            torch.ops.fastntk.ntk_diag_accumulate(z(3), z(3, 4), z(4, 2, 5), 1.0, 1.0, "trace")
+            _ops._library().ntk_diag_accumulate(z(3), z(3, 4), z(4, 2, 5), 1.0, 1.0, "trace")
         with pytest.raises(RuntimeError, match=r"out must have shape \[3, 2\]"):
-            torch.ops.fastntk.ntk_diag_accumulate(z(3), z(3, 4), z(3, 2, 5), 1.0, 1.0, "per_output")
+            _ops._library().ntk_diag_accumulate(z(3), z(3, 4), z(3, 2, 5), 1.0, 1.0, "per_output")
 
 
-def test_schemas_match_compiled():
-    """The Python fallback defines exactly the C++ schemas."""
+def test_schemas_match_compiled(ops_namespace):
+    """The Python fallback defines exactly the C++ schemas (of the emulated
+    CUDA extension too, when the tests run on it)."""
     if fastntk.backend() != "compiled":
         pytest.skip("compiled extension not loaded")
     cpp = fastntk.backend_info()["schemas"]
     assert len(cpp) == len(_ops.SCHEMAS)
     for name, schema in _ops.SCHEMAS.items():
-        registered = torch.ops.fastntk.__getattr__(name).default._schema
-        assert str(torch._C.parse_schema(f"fastntk::{schema}")) == str(registered)
-        assert any(str(torch._C.parse_schema(f"fastntk::{s}")) == str(registered) for s in cpp)
+        registered = _ops._library().__getattr__(name).default._schema
+        assert str(torch._C.parse_schema(f"{ops_namespace}::{schema}")) == str(registered)
+        assert any(str(torch._C.parse_schema(f"{ops_namespace}::{s}")) == str(registered) for s in cpp)
 
 
+@pytest.mark.no_emulation
 def test_reference_backend_in_subprocess():
     """Without the compiled ops the same op names run the reference kernels,
     with a warning, and the NTK is unchanged."""

@@ -4,9 +4,6 @@
 // pair, computes scale * phi'(h) once in a register and applies it to all K
 // outputs (phi'(h) is never stored).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../ntk_common.h"
@@ -41,29 +38,27 @@ at::Tensor backprop_delta_cuda(const at::Tensor& delta_next,
                                double negative_slope, double beta,
                                double threshold) {
   check_backprop_delta(delta_next, weight, h);
-  TORCH_CHECK(h.is_cuda(), "h must be a CUDA tensor, got ", h.device());
+  cuda::check_device(h, "h");
   const Activation act = parse_activation(activation);
   const ActivationParams params{negative_slope, beta, threshold};
-  const c10::cuda::CUDAGuard device_guard(h.device());
+  const cuda::DeviceGuard device_guard(h.device());
 
   // (N, K, n_next) @ (n_next, n) -> (N, K, n), cuBLAS on the current stream.
   at::Tensor out = at::matmul(delta_next, weight).contiguous();
   const int64_t n_samples = out.size(0), k_out = out.size(1), n = out.size(2);
   if (out.numel() == 0) return out;
   const at::Tensor hc = h.contiguous();
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cuda::Stream stream = cuda::current_stream();
 
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "backprop_delta_cuda", [&] {
-    backprop_epilogue_kernel<scalar_t>
-        <<<cuda::grid_size(n_samples * n), cuda::kThreads, 0, stream>>>(
-            out.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), n_samples,
-            k_out, n, static_cast<scalar_t>(scale), act, params);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(backprop_epilogue_kernel<scalar_t>, cuda::grid_size(n_samples * n), cuda::kThreads, 0, stream,
+                 out.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), n_samples, k_out, n,
+                 static_cast<scalar_t>(scale), act, params);
   });
   return out;
 }
 
-TORCH_LIBRARY_IMPL(fastntk, CUDA, m) {
+FASTNTK_CUDA_LIBRARY_IMPL(m) {
   m.impl("backprop_delta", &backprop_delta_cuda);
 }
 

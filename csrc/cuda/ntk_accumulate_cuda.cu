@@ -21,9 +21,6 @@
 // kernel's mirror writes (x2 = x1, full and per_output) are coalesced only
 // within a pair's K or K^2 outputs.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -128,7 +125,7 @@ constexpr int kTileRows = 8;
 template <typename scalar_t>
 __global__ void ntk_accumulate_trace_symmetric_kernel(scalar_t* __restrict__ out, const Terms<scalar_t> terms,
                                                       const Block b, int64_t n2) {
-  __shared__ scalar_t upper[kTile][kTile + 1];  // +1: no bank conflicts on the transposed read
+  FASTNTK_SHARED(scalar_t, upper, [kTile][kTile + 1]);  // +1: no bank conflicts on the transposed read
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile, i0 = static_cast<int64_t>(blockIdx.y) * kTile;
   if (c0 + kTile - 1 < i0) return;  // every pair has j < i (col0 = row0, so j >= i <=> c >= i)
   const int tx = threadIdx.x;
@@ -155,30 +152,32 @@ __global__ void ntk_accumulate_trace_symmetric_kernel(scalar_t* __restrict__ out
 template <typename scalar_t>
 void launch_block(OutputMode mode, at::Tensor& out, const std::optional<at::Tensor>& bias_out,
                   const Terms<scalar_t>& terms, const Block& b, int64_t n2, int64_t k_out,
-                  cudaStream_t stream) {
+                  cuda::Stream stream) {
   const int64_t numel = b.rows * b.cols * out_per_pair(mode, k_out);
   scalar_t* o = out.data_ptr<scalar_t>();
   scalar_t* ob = bias_out ? bias_out->data_ptr<scalar_t>() : nullptr;
   if (mode == OutputMode::kTrace && b.symmetric && !bias_out) {
     const dim3 tiles(static_cast<unsigned int>((b.cols + kTile - 1) / kTile),
                      static_cast<unsigned int>((b.rows + kTile - 1) / kTile));
-    ntk_accumulate_trace_symmetric_kernel<<<tiles, dim3(kTile, kTileRows), 0, stream>>>(o, terms, b, n2);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(ntk_accumulate_trace_symmetric_kernel<scalar_t>, tiles, dim3(kTile, kTileRows), 0, stream, o, terms,
+                 b, n2);
     return;
   }
   const unsigned int grid = cuda::grid_size(numel);
   switch (mode) {
     case OutputMode::kFull:
-      ntk_accumulate_kernel<OutputMode::kFull><<<grid, cuda::kThreads, 0, stream>>>(o, ob, terms, b, n2, k_out);
+      cuda::launch(ntk_accumulate_kernel<OutputMode::kFull, scalar_t>, grid, cuda::kThreads, 0, stream, o, ob, terms,
+                   b, n2, k_out);
       break;
     case OutputMode::kTrace:
-      ntk_accumulate_kernel<OutputMode::kTrace><<<grid, cuda::kThreads, 0, stream>>>(o, ob, terms, b, n2, k_out);
+      cuda::launch(ntk_accumulate_kernel<OutputMode::kTrace, scalar_t>, grid, cuda::kThreads, 0, stream, o, ob, terms,
+                   b, n2, k_out);
       break;
     case OutputMode::kPerOutput:
-      ntk_accumulate_kernel<OutputMode::kPerOutput><<<grid, cuda::kThreads, 0, stream>>>(o, ob, terms, b, n2, k_out);
+      cuda::launch(ntk_accumulate_kernel<OutputMode::kPerOutput, scalar_t>, grid, cuda::kThreads, 0, stream, o, ob,
+                   terms, b, n2, k_out);
       break;
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // The shared driver of both ops: layers in passes of up to kMaxFusedLayers,
@@ -186,15 +185,15 @@ void launch_block(OutputMode mode, at::Tensor& out, const std::optional<at::Tens
 void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_out, at::TensorList a1,
                        at::TensorList a2, at::TensorList d1, at::TensorList d2,
                        at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
-  TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
-  const c10::cuda::CUDAGuard device_guard(out.device());
+  cuda::check_device(out, "out");
+  const cuda::DeviceGuard device_guard(out.device());
   if (out.numel() == 0 || a1.empty()) return;
   const GramFactors f = gram_factors(a1, a2, d1, d2, mode);
   const int64_t n2 = f.n2, k_out = f.k_out;
-  const int64_t budget = std::min(kBlockElements, std::max(kMinScratch, out.numel()));
+  const int64_t budget = std::min(cuda::scratch_elements(kBlockElements), std::max(kMinScratch, out.numel()));
   BlockPlan plan = plan_blocks(f.n1, n2 * (f.per_out + 1), f.n_layers, budget, kMinRows, kMaxFusedLayers);
   if (f.symmetric) plan.rows = std::min(plan.rows, std::max<int64_t>(kMinSymmetricRows, (f.n1 + 7) / 8));
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cuda::Stream stream = cuda::current_stream();
 
   for_each_block(f, plan, weight_scales, mode,
                  [&](const Block& b, int64_t l0, int64_t l1, const std::vector<at::Tensor>& grams,
@@ -216,7 +215,7 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastntk, CUDA, m) {
+FASTNTK_CUDA_LIBRARY_IMPL(m) {
   m.impl("ntk_accumulate", &ntk_accumulate_entry<accumulate_layers>);
   m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_entry<accumulate_layers>);
 }
