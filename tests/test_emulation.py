@@ -3,7 +3,8 @@ exchanges compute the right values, __shared__ storage is poisoned per block,
 and what a GPU would hang on or refuse is reported with its file and line.
 The kernels' own tests are test_ops.py and test_ntk.py, run on the emulated
 ops with FASTNTK_TEST_EMULATION=1 (`make test-emulated`); these skip unless
-that run loaded the module."""
+that run loaded the module. The one kernel test here is the one that needs
+the knobs set inside it (a looping grid, seeded orders)."""
 
 from __future__ import annotations
 
