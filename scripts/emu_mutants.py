@@ -1,6 +1,6 @@
 """Proof that the emulated CUDA tests can fail: inject one bug at a time into
-a copy of csrc/, build the emulated extension from it, run the op and engine
-tests on it (first in the default order, then, if nothing failed, randomized
+a copy of csrc/, build the emulated extension from it, run the emulator, op
+and engine tests on it (first in the default order, then, if nothing failed, randomized
 on a shrunken GPU) and report for each bug whether and how it was caught.
 
 Usage: python scripts/emu_mutants.py [--only NAME ...] [--markdown FILE] [--build-dir DIR]
@@ -28,7 +28,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(REPO, "build", "emu-mutants")
 PKG = os.path.join(WORK, "pkg")  # a fastntk package copy whose _C_cuda_emu is the mutant
-TESTS = ["tests/test_ops.py", "tests/test_ntk.py"]
+# test_emulation.py first: its back-to-back reductions on a looping grid are
+# the quickest to fail, and the only tests where one block reduces twice.
+TESTS = ["tests/test_emulation.py", "tests/test_ops.py", "tests/test_ntk.py"]
 SHRUNK = {"FASTNTK_EMU_SEED": "7", "FASTNTK_EMU_SMS": "1", "FASTNTK_EMU_MAX_GRID_X": "32",
           "FASTNTK_EMU_MAX_SCRATCH": "4096"}
 

@@ -3,10 +3,12 @@ exchanges compute the right values, __shared__ storage is poisoned per block,
 and what a GPU would hang on or refuse is reported with its file and line.
 The kernels' own tests are test_ops.py and test_ntk.py, run on the emulated
 ops with FASTNTK_TEST_EMULATION=1 (`make test-emulated`); these skip unless
-that run loaded the module."""
+that run loaded the module. The one kernel test here is the one that needs
+the knobs set inside it (a looping grid, seeded orders)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -67,13 +69,22 @@ def test_default_order_runs_the_lowest_thread_first(emu):
     assert emu.run_selftest("first_thread")[:2] == [0.0, 1.0]
 
 
+@contextlib.contextmanager
+def pretend_gpu(emu, **changes):
+    """The emulator's knobs (emu.config()) with `changes`, restored on exit."""
+    old = emu.config()
+    try:
+        emu.set_config(**{**old, **changes})
+        yield
+    finally:
+        emu.set_config(**old)
+
+
 def test_knobs_shrink_the_pretend_gpu(emu):
     """A grid wider than max_grid_x is refused, and ntk_diag_accumulate, whose
     grid x is min(N, max_grid_x), stays exact when its blocks loop."""
     from fastntk import _ops
-    old = emu.config()
-    try:
-        emu.set_config(sm_count=1, max_grid_x=2, max_scratch=0, seed=old["seed"])
+    with pretend_gpu(emu, sm_count=1, max_grid_x=2, max_scratch=0):
         assert emu.config()["max_grid_x"] == 2
         with pytest.raises(RuntimeError, match=r"grid \(3, 1, 1\); x must be in \[1, 2\]"):
             emu.run_selftest("shared_before_write")
@@ -83,7 +94,27 @@ def test_knobs_shrink_the_pretend_gpu(emu):
         torch.ops.fastntk_emu.ntk_diag_accumulate(got, a, d, 0.3, 0.2, "full")
         _ops._reference.ntk_diag_accumulate(ref, a, d, 0.3, 0.2, "full")
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
-    finally:
-        emu.set_config(sm_count=old["sm_count"], max_grid_x=old["max_grid_x"], max_scratch=old["max_scratch"],
-                       seed=old["seed"])
 
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+@pytest.mark.parametrize("outputs", ["trace", "per_output"])
+def test_a_block_runs_reductions_back_to_back(emu, outputs, seed):
+    """Each of 2 blocks reduces 12 samples in turn (ntk_diag_accumulate's grid x
+    is min(N, max_grid_x)), every sample's sums different: a block reduction
+    whose scratch the next one overwrites before every thread has read it
+    (a missing trailing barrier) gives some sample another's value. The
+    default order cannot show that (thread 0, which writes the result, reads
+    first); a seeded order lets another warp race ahead through the next
+    reduction."""
+    from fastntk import _ops
+    gen = torch.Generator().manual_seed(0)
+    n, k, width = 24, 3, 300  # rows longer than the 256 threads of a block
+    scale = torch.arange(1, n + 1, dtype=torch.float64)
+    a = torch.randn(n, width, generator=gen, dtype=torch.float64) * scale[:, None]
+    d = torch.randn(n, k, width, generator=gen, dtype=torch.float64) * scale[:, None, None]
+    shape = (n,) if outputs == "trace" else (n, k)
+    got, ref = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+    with pretend_gpu(emu, max_grid_x=2, seed=seed):
+        torch.ops.fastntk_emu.ntk_diag_accumulate(got, a, d, 0.7, 0.2, outputs)
+    _ops._reference.ntk_diag_accumulate(ref, a, d, 0.7, 0.2, outputs)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)

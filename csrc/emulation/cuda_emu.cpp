@@ -311,8 +311,23 @@ void wait_here(Wait kind, const char* op, unsigned int mask, uint64_t value, con
   to_scheduler(b, th, /*exiting=*/false);
 }
 
-int pick(Block& b, std::mt19937_64* rng) {
+// The next thread to run: the lowest-numbered runnable one, or with a seed a
+// random one, taken from the warp that ran last while that warp has runnable
+// lanes. Staying with a warp is how a GPU runs it (its lanes advance
+// together), and it lets one warp race through several barrier-free
+// stretches while others have not started: a reader that is one thread
+// among hundreds would almost never be the last to run otherwise.
+int pick(Block& b, std::mt19937_64* rng, int last) {
   if (b.n_runnable == 0) return -1;
+  if (rng && last >= 0) {
+    const int w = last / 32;
+    uint64_t lanes = (b.runnable[w / 2] >> (32 * (w % 2))) & 0xffffffffu;
+    if (lanes) {
+      for (int k = static_cast<int>((*rng)() % static_cast<uint64_t>(__builtin_popcountll(lanes))); k > 0; --k)
+        lanes &= lanes - 1;
+      return w * 32 + __builtin_ctzll(lanes);
+    }
+  }
   int k = rng ? static_cast<int>((*rng)() % static_cast<uint64_t>(b.n_runnable)) : 0;
   for (int w = 0; w < kMaxThreads / 64; ++w) {
     uint64_t bits = b.runnable[w];
@@ -373,8 +388,8 @@ void run_block(Block& b, std::vector<Thread>& threads, const dim3 block, std::mt
     th.state = State::kWaiting;  // set_runnable needs a change of state
     set_runnable(b, t);
   }
-  for (;;) {
-    const int t = pick(b, rng);
+  for (int t = -1;;) {
+    t = pick(b, rng, t);
     if (t < 0) break;
     Thread& th = threads[t];
     b.current = &th;

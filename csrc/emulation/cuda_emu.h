@@ -24,7 +24,8 @@
 //   float and double) when the block first reaches them, never zero and never
 //   the previous block's values.
 // - Knobs (environment, read once): FASTNTK_EMU_SEED=s picks, at every
-//   switch, a random runnable thread (and runs blocks in a random order)
+//   switch, a random runnable thread of the warp that ran last, or of the
+//   block when that warp has none (and runs blocks in a random order),
 //   instead of the lowest-numbered one; FASTNTK_EMU_SMS (default 4) and
 //   FASTNTK_EMU_MAX_GRID_X (default 2^31 - 1) shrink the pretend GPU, so
 //   grid-stride loops loop and grids split; FASTNTK_EMU_MAX_SCRATCH shrinks
