@@ -7,6 +7,7 @@ chaos), black for the edge of chaos, reds for the chaotic phase.
 
 from __future__ import annotations
 
+import math
 import os
 
 _PHASE_CMAPS = {"ordered": "Blues", "edge_of_chaos": None, "chaotic": "Reds", "unknown": "Greys"}
@@ -43,13 +44,18 @@ def phase_colors(sigma_w2s: list[float], phases: dict) -> dict:
 
 def readable_log_ticks(ax, axis: str = "y") -> None:
     """Plain-number labels on a log axis (call after plotting): at 1, 2, 5 x
-    10^k, or at every 1..9 x 10^k when the data span less than a decade
+    10^k, at every 1..9 x 10^k when the data span less than a decade, and
+    also at 1.2, 1.5, 2.5 x 10^k when they span less than a factor of 4
     (matplotlib's default labels only powers of ten, too sparse to read
     values off a curve that spans a decade or two)."""
     import matplotlib.ticker as mt
 
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    subs = tuple(range(1, 10)) if lo > 0 and hi / lo < 10 else (1.0, 2.0, 5.0)
+    span = hi / lo if lo > 0 else math.inf
+    if span < 4:  # a narrow range (dispersion near 1): labels between the integers too
+        subs = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    else:
+        subs = tuple(range(1, 10)) if span < 10 else (1.0, 2.0, 5.0)
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_locator(mt.LogLocator(base=10, subs=subs, numticks=15))
     target.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v:g}"))
