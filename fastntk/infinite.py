@@ -88,7 +88,6 @@ only the activations of the rest of fastntk.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from functools import lru_cache
@@ -146,17 +145,12 @@ def _public(fn):
     (Its tensor operations are many and small: on a busy machine, running
     with ``torch.set_num_threads(1)`` can be much faster. That is left to the
     caller: changing a process-wide setting here would affect other threads.)"""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        return fn(*args, **kwargs)
-
     doc = fn.__doc__ or ""
     for name in ("_KERNEL_PARAMS_DOC", "_ORDER_PARAMS_DOC"):  # each defined before its first use
         if f"<{name}>" in doc:
             doc = doc.replace(f"<{name}>", globals()[name])
-    run.__doc__ = doc
-    return run
+    fn.__doc__ = doc
+    return fn
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:

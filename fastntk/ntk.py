@@ -137,6 +137,11 @@ def _sum_over_parts(fn, model: nn.Module, *args, **kwargs) -> torch.Tensor | Non
     return sum(terms[1:], terms[0])
 
 
+def _blocked_requested(max_memory, block_size, out, resume) -> bool:
+    """Whether a call asks for the blocked / out-of-core driver (fastntk.scale)."""
+    return max_memory is not None or block_size is not None or out is not None or resume is not False
+
+
 def _refuse_parts(what: str, model: nn.Module) -> None:
     if len(ntk_parts(model)) > 1:
         raise TypeError(f"{what} are not supported for a model made of several networks "
@@ -349,7 +354,7 @@ def ntk(
                                progress=progress, max_memory=max_memory, block_size=block_size)
     if combined is not None:
         return combined
-    if max_memory is not None or block_size is not None or out is not None or resume is not False:
+    if _blocked_requested(max_memory, block_size, out, resume):
         from .scale.blocked import blocked_ntk
 
         return blocked_ntk(model, x1, x2, outputs=outputs, layerwise=layerwise, allow_tf32=allow_tf32,
@@ -508,7 +513,7 @@ def ntk_diag(
                                block_size=block_size)
     if combined is not None:
         return combined
-    if max_memory is not None or block_size is not None or out is not None or resume is not False:
+    if _blocked_requested(max_memory, block_size, out, resume):
         from .scale.blocked import blocked_ntk_diag
 
         return blocked_ntk_diag(model, x, outputs=outputs, layerwise=layerwise, max_memory=max_memory,
