@@ -303,9 +303,48 @@ def ntk_parts(model: nn.Module) -> list[tuple[float, nn.Module]]:
     """The model's NTK as sum_i c_i Theta(part_i): ``[(1.0, model)]`` for a
     single network, ``[(0.5, first), (0.5, second)]`` for a
     :class:`MirroredMLP`."""
+    check_forward_is_standard(model)
     if isinstance(model, MirroredMLP):
         return [(0.5, model.first), (0.5, model.second)]
     return [(1.0, model)]
+
+
+# The classes whose forward the engine reproduces from their parameters
+# alone. A subclass that overrides forward, or a forward hook, changes
+# model(x) in a way the parsed layers cannot show: refused, as a wrong
+# kernel would otherwise come back without a warning.
+_STANDARD_FORWARD = (nn.Sequential, nn.Linear, nn.Identity, nn.Dropout, nn.ReLU, nn.LeakyReLU, nn.Tanh,
+                     nn.Sigmoid, nn.GELU, nn.SiLU, nn.Softplus, Erf, MLP, MirroredMLP)
+
+
+def check_forward_is_standard(model) -> None:
+    """Refuse a model whose output is not what its parsed layers compute.
+
+    Raises
+    ------
+    TypeError
+        If any module of ``model`` has a forward hook or forward pre-hook (or
+        global forward hooks are registered), or is a subclass of a supported
+        module that overrides ``forward``; the message names the module.
+    """
+    if not isinstance(model, nn.Module):
+        return  # parse_model names the type
+    hooks = nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        raise TypeError("global forward hooks are registered (torch.nn.modules.module.register_module_forward_hook "
+                        "or _pre_hook): they can change every layer's output, which fastntk's layerwise "
+                        "kernel would not see; remove them before computing the NTK")
+    for name, module in model.named_modules():
+        where = f"model.{name}" if name else "model"
+        if module._forward_hooks or module._forward_pre_hooks:
+            raise TypeError(f"{where} ({type(module).__name__}) has a forward hook or forward pre-hook: it can "
+                            "change the module's output, which fastntk's layerwise kernel would not see; "
+                            "remove it (handle.remove()) before computing the NTK")
+        for base in _STANDARD_FORWARD:
+            if isinstance(module, base) and type(module).forward is not base.forward:
+                raise TypeError(f"{where} ({type(module).__name__}) subclasses {base.__name__} but overrides "
+                                "forward(); fastntk computes the kernel of the standard forward only. Use "
+                                f"{base.__name__} itself, or compute this model's NTK with torch.func")
 
 
 def _check_widths(widths) -> list[int]:
@@ -383,10 +422,13 @@ def parse_model(model: nn.Module) -> list[DenseLayer]:
     ------
     TypeError
         If ``model`` is not an nn.Module, or contains an unsupported module,
-        or modules in an unsupported order; the message names the module.
+        or modules in an unsupported order, or a forward hook or a supported
+        module whose forward is overridden (see
+        :func:`check_forward_is_standard`); the message names the module.
     ValueError
         If ``model`` is on the meta device (no values to compute with).
     """
+    check_forward_is_standard(model)
     if isinstance(model, MLP):
         layers = model.dense_layers()
     elif isinstance(model, nn.Sequential):

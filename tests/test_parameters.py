@@ -184,3 +184,83 @@ def test_matrix_free_and_blocked_paths_count_the_same_parameters(name):
     torch.testing.assert_close(got, torch.einsum("ijkl,jlm->ikm", expected, v), rtol=1e-10, atol=1e-10)
     blocked = fastntk.ntk(model, x, block_size=2)
     torch.testing.assert_close(blocked, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
+
+
+# ------------------------------------------------ forwards the layers do not show
+class _DoubledSequential(nn.Sequential):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class _ShiftedLeakyReLU(nn.LeakyReLU):
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+class _SquaredMLP(fastntk.MLP):
+    def forward(self, x):
+        return super().forward(x) ** 2
+
+
+class _PlainSubclass(nn.Sequential):  # no forward of its own: its kernel is the Sequential's
+    pass
+
+
+def _small_sequential(cls=nn.Sequential, act=nn.Tanh):
+    return seeded(cls(nn.Linear(3, 5), act(), nn.Linear(5, 2))).double()
+
+
+def _hooked(where: str):
+    model = _small_sequential()
+    target = model if where == "top" else model[0]
+    target.register_forward_hook(lambda module, args, out: 3 * out)
+    return model
+
+
+def _pre_hooked():
+    model = _small_sequential()
+    model[1].register_forward_pre_hook(lambda module, args: (args[0] + 1,))
+    return model
+
+
+def _hooked_mirrored():
+    model = fastntk.MLP([3, 5, 2], seed=0, dtype=torch.float64, mirrored=True)
+    model.second.register_forward_hook(lambda module, args, out: out)
+    return model
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _hooked("top"), r"model \(Sequential\) has a forward hook"),
+    (lambda: _hooked("inner"), r"model\.0 \(Linear\) has a forward hook"),
+    (_pre_hooked, r"model\.1 \(Tanh\) has a forward hook or forward pre-hook"),
+    (_hooked_mirrored, r"model\.second \(MLP\) has a forward hook"),
+    (lambda: _small_sequential(_DoubledSequential), r"model \(_DoubledSequential\) subclasses Sequential but overrides forward"),
+    (lambda: _small_sequential(act=_ShiftedLeakyReLU), r"model\.1 \(_ShiftedLeakyReLU\) subclasses LeakyReLU"),
+    (lambda: _SquaredMLP([3, 5, 2], seed=0, dtype=torch.float64), r"model \(_SquaredMLP\) subclasses MLP"),
+])
+def test_forward_the_layers_do_not_show_is_refused(make, match):
+    """A hook or an overridden forward changes model(x) but not the parsed
+    layers: every entry point refuses it by name instead of returning the
+    kernel of the standard network (which differs from torch.func's)."""
+    model = make()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for call in (lambda: fastntk.ntk(model, x), lambda: fastntk.ntk_diag(model, x),
+                 lambda: fastntk.ntk(model, x, block_size=2), lambda: fastntk.ntk_vp(model, x, torch.ones(4, dtype=torch.float64))):
+        with pytest.raises(TypeError, match=match):
+            call()
+
+
+def test_global_forward_hook_is_refused():
+    model = _small_sequential()
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: out)
+    try:
+        with pytest.raises(TypeError, match="global forward hooks are registered"):
+            fastntk.ntk(model, torch.randn(2, 3, dtype=torch.float64))
+    finally:
+        handle.remove()
+
+
+def test_subclass_without_own_forward_is_computed():
+    model = _small_sequential(_PlainSubclass)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    check_all_modes(model, x, inputs(3, 3, seed=2), TOL[torch.float64])
