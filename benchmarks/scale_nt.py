@@ -1,7 +1,7 @@
 """The dense kernel against N: fastntk (unblocked and blocked) next to
 neural-tangents' batched kernel ``nt.batch``.
 
-    python benchmarks/scale_nt.py [--sizes 1000,4000,16000] [--batch 500] [--out bench-results]
+    python benchmarks/scale_nt.py [--sizes 1000,2000,4000] [--batch 500] [--out bench-results]
 
 Needs .venv-nt (``make bench-setup``). Network: the benchmark suite's
 NTK-parametrized ReLU MLP [64, 512, 512, 512, 1] with biases (sigma_w =
@@ -88,7 +88,7 @@ def run_point(cmd: list[str], env: dict, timeout: float, limit_gb: float) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="1000,4000,16000")
+    ap.add_argument("--sizes", default="1000,2000,4000")
     ap.add_argument("--batch", type=int, default=500, help="block size of both (N must be a multiple: nt.batch)")
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
