@@ -15,7 +15,7 @@ EXT_SOURCES := setup.py pyproject.toml $(sort $(wildcard csrc/*.cpp csrc/*.h csr
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: test demo bench bench-setup cuda-check install clean fuzz sanitize emulate test-emulated emu-mutants
+.PHONY: test demo bench bench-nt bench-setup cuda-check install clean fuzz sanitize emulate test-emulated emu-mutants
 
 install: $(VENV)/.fastntk-built
 
@@ -93,3 +93,13 @@ bench: install
 	  .venv-nt/bin/python benchmarks/nt_bench.py --inputs $(BENCH_OUT)/nt_inputs --out $(BENCH_OUT)/nt.json; \
 	else echo "bench: .venv-nt not set up (make bench-setup); neural-tangents skipped"; rm -f $(BENCH_OUT)/nt.json; fi
 	$(PY) benchmarks/report.py --dir $(BENCH_OUT)
+
+# The longer comparisons with neural-tangents (needs `make bench-setup`; tens of
+# minutes on 2 cores): the dense kernel against N next to nt.batch
+# (docs/scale.md), and fastntk.infinite next to stax's kernel_fn, with the
+# accuracy of both against tests/infinite_reference.py (docs/infinite.md).
+bench-nt: install
+	@test -f .venv-nt/.nt-ready || { echo "bench-nt: .venv-nt not set up (make bench-setup)"; exit 1; }
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/scale_nt.py --out $(BENCH_OUT)
+	$(PY) benchmarks/bench_infinite.py --nt --out $(BENCH_OUT)/infinite_nt.json

@@ -47,11 +47,12 @@ def _status_kb(field):
     raise KeyError(field)
 
 
-def child(path: str, impl: str, mode: str, max_rounds: int, budget_s: float) -> dict:
+def load_network(path: str):
+    """(apply_fn, params, x, z) of the stax network equal to the exported
+    torch one (nt_export.py's .npz), float32."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import jax
     import numpy as np
-    import neural_tangents as nt
     from neural_tangents import stax
 
     jax.config.update("jax_enable_x64", False)
@@ -68,7 +69,16 @@ def child(path: str, impl: str, mode: str, max_rounds: int, budget_s: float) -> 
         params.append((jax.numpy.asarray(z[f"W{l}"].T), jax.numpy.asarray(z[f"b{l}"])))
         if l < depth:
             params.append(())
-    x = jax.numpy.asarray(z["x"])
+    return apply_fn, params, jax.numpy.asarray(z["x"]), z
+
+
+def child(path: str, impl: str, mode: str, max_rounds: int, budget_s: float) -> dict:
+    import jax
+    import numpy as np
+    import neural_tangents as nt
+
+    apply_fn, params, x, z = load_network(path)
+    k = int(z["k"])
     ref = z[f"ref_{mode}"]
     trace_axes = () if mode == "full" else (-1,)
     kernel_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, vmap_axes=0,

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fastntk  # noqa: E402
-from workloads import SIGMA_B, SIGMA_W, WORKLOADS, make_input, make_net  # noqa: E402
+from workloads import SIGMA_B, SIGMA_W, WORKLOADS, Workload, make_input, make_net  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,19 +33,24 @@ def main(argv=None) -> int:
     for name in args.workloads.split(","):
         w = WORKLOADS[name]
         net, x = make_net(w), make_input(w.n)
-        arrays = {"x": x.numpy(), "sigma_w": np.float64(SIGMA_W), "sigma_b": np.float64(SIGMA_B),
-                  "depth": np.int64(w.depth), "width": np.int64(w.width), "k": np.int64(w.k),
-                  "n_params": np.int64(w.n_params)}
-        for l, (wt, b) in enumerate(zip(net.weights, net.biases)):
-            arrays[f"W{l}"] = wt.detach().numpy()
-            arrays[f"b{l}"] = b.detach().numpy()
         with torch.no_grad():
-            for mode in w.outputs:
-                arrays[f"ref_{mode}"] = fastntk.ntk(net, x, outputs=mode).numpy()
+            refs = {f"ref_{mode}": fastntk.ntk(net, x, outputs=mode).numpy() for mode in w.outputs}
         path = os.path.join(args.dir, f"{name}.npz")
-        np.savez(path, **arrays)
+        write_network(path, w, net, x, **refs)
         print(f"wrote {path}")
     return 0
+
+
+def write_network(path: str, w: Workload, net: fastntk.MLP, x: torch.Tensor, **extra: np.ndarray) -> None:
+    """The network of workload w (weights, biases, sigmas) and the inputs x
+    as nt_bench.load_network reads them, with extra arrays."""
+    arrays = {"x": x.numpy(), "sigma_w": np.float64(SIGMA_W), "sigma_b": np.float64(SIGMA_B),
+              "depth": np.int64(w.depth), "width": np.int64(w.width), "k": np.int64(w.k),
+              "n_params": np.int64(w.n_params)}
+    for l, (wt, b) in enumerate(zip(net.weights, net.biases)):
+        arrays[f"W{l}"] = wt.detach().numpy()
+        arrays[f"b{l}"] = b.detach().numpy()
+    np.savez(path, **arrays, **extra)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,16 @@ def test_half_precision_model_computes_in_float32():
     got = fastntk.ntk_vp(half, x, v, outputs="full")
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, fastntk.ntk_vp(net, x.float(), v, outputs="full"), rtol=0, atol=0)
+
+
+def test_default_cpu_block_keeps_temporaries_small_and_numbers_equal():
+    """On the CPU the default block holds at most 2**22 elements per
+    (block x K x widest layer) temporary, whatever the budget, and gives the
+    one-block product."""
+    net = fastntk.MLP([4, 4096, 3], sigma_w=2**0.5, seed=0, dtype=torch.float64)
+    x = inputs(700, 4)
+    op = fastntk.NTKOperator(net, x, outputs="per_output", max_memory="8GB")
+    assert op._rows.block_size == 2**22 // (3 * 4096)
+    one_block = fastntk.NTKOperator(net, x, outputs="per_output", max_memory="8GB", block_size=700)
+    v = torch.randn(op.shape[1], 2, dtype=torch.float64)
+    assert rel_err(op @ v, one_block @ v) <= 1e-13
