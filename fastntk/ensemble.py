@@ -384,63 +384,90 @@ def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization
 # the batched engine
 
 
-def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None,
-                   k: int, outputs: str) -> torch.Tensor:
-    """(C, L, 2, *kernel_shape) layerwise NTK of C stacked networks.
+def _forward(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None):
+    """The forward pass of C stacked networks, keeping only what the NTK needs.
 
-    x is (N, n_0); n1 is None for Theta(x, x), else the split point of x =
-    [x1; x2]."""
-    c = ws[0].shape[0]
-    depth = len(ws)
-    # forward: pre-activations of every layer, (C, N, n_l)
-    hs = []
-    a = x.expand(c, *x.shape)
-    for l in range(depth):
-        w = ws[l].transpose(1, 2)
-        if bs is not None and bias_scales[l] != 0.0:
-            h = torch.baddbmm((bs[l] * bias_scales[l]).unsqueeze(1).expand(c, x.shape[0], -1), a, w,
-                              alpha=scales[l])
-        else:
-            h = torch.bmm(a, w)
-            if scales[l] != 1.0:
-                h = h * scales[l]
-        hs.append(h)
-        if l < depth - 1:
-            a = phi(h)
-    n = x.shape[0]
-    na, nb = (n, n) if n1 is None else (n1, n - n1)
-    shape = {"full": (na, nb, k, k), "trace": (na, nb), "per_output": (na, nb, k)}[outputs]
-    out = torch.zeros((c, depth, 2) + shape, dtype=x.dtype, device=x.device)
-    eye = torch.eye(k, dtype=x.dtype, device=x.device)
-    delta = eye.expand(c, n, k, k)  # delta^L = d f_k / d h^L
-    dphi_args = (phi.name, phi.negative_slope, phi.beta, phi.threshold)
-    for l in range(depth - 1, -1, -1):
-        a = x.expand(c, *x.shape) if l == 0 else phi(hs[l - 1])
-        if n1 is None:
-            a1 = a2 = a
-            d1 = d2 = delta
-        else:
-            a1, a2, d1, d2 = a[:, :n1], a[:, n1:], delta[:, :n1], delta[:, n1:]
-        width = delta.shape[-1]
-        if outputs == "trace":
-            dg = torch.bmm(d1.reshape(c, na, k * width), d2.reshape(c, nb, k * width).transpose(1, 2))
-        elif outputs == "per_output":
-            dg = torch.einsum("sikn,sjkn->sijk", d1, d2)
-        else:
-            dg = torch.einsum("sikn,sjln->sijkl", d1, d2)
-        extra = (None,) * (dg.dim() - 3)
-        ws2, bs2 = scales[l] ** 2, bias_scales[l] ** 2
-        if ws2 != 0.0:
-            ag = torch.bmm(a1, a2.transpose(1, 2))
-            out[:, l, 0] = (ws2 * ag)[(...,) + extra] * dg
-        if bs2 != 0.0:
-            out[:, l, 1] = bs2 * dg
+    Returns (grams, dphis): grams (L, C, Na, Nb) holds <a^{l-1}, a'^{l-1}>, the
+    Gram of layer l's inputs (a^{-1} = x); dphis[l] (C, N, n_{l+1}) is
+    c_{l+1} phi'(h^l) for each hidden layer l, the factor of the backward
+    pass. Each activation is dropped once its Gram is taken. The output
+    layer's forward is not needed and not computed."""
+    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
+    na = n if n1 is None else n1
+    nb = n - na if n1 is not None else n
+    grams = torch.empty((depth, c, na, nb), dtype=x.dtype, device=x.device)
+    grams[0] = x[:na] @ x[n - nb:].T
+    relu = phi.name == "relu"
+    dphis = []
+    w0 = ws[0]
+    # layer 0 as one GEMM for all inits: (C n_1, n_0) @ (n_0, N)
+    h = (w0.reshape(-1, w0.shape[2]) @ x.T).reshape(c, w0.shape[1], n).transpose(1, 2)
+    for l in range(depth - 1):
         if l > 0:
-            back = torch.bmm(delta.reshape(c, n * k, width), ws[l]).reshape(c, n, k, -1)
-            dphi = activation_derivative(hs[l - 1], *dphi_args)
-            delta = back * (scales[l] * dphi).unsqueeze(2)
-        hs[l] = None
-    return out
+            h = torch.bmm(a, ws[l].transpose(1, 2))
+        if scales[l] != 1.0:
+            h.mul_(scales[l])
+        if bs is not None and bias_scales[l] != 0.0:
+            h.add_(bs[l].unsqueeze(1), alpha=bias_scales[l])
+        if relu:  # phi' and phi in place, without the generic path's temporaries
+            dphi = (h > 0).to(h.dtype)
+            a = h.clamp_min_(0.0)
+        else:
+            dphi = activation_derivative(h, *phi.op_args())
+            a = phi(h)
+        if scales[l + 1] != 1.0:
+            dphi.mul_(scales[l + 1])
+        dphis.append(dphi)
+        torch.bmm(a[:, :na], a[:, n - nb:].transpose(1, 2), out=grams[l + 1])
+    return grams, dphis
+
+
+def _delta_gram(delta: torch.Tensor, na: int, outputs: str, out: torch.Tensor) -> None:
+    """<delta_i, delta'_j> of (C, N, K, n) signals into out (C, Na, Nb, ...)."""
+    c, n, k, width = delta.shape
+    d1, d2 = delta[:, :na], delta[:, n - out.shape[2]:]
+    if outputs == "trace":
+        torch.bmm(d1.reshape(c, na, k * width), d2.reshape(c, -1, k * width).transpose(1, 2), out=out)
+    elif outputs == "per_output":
+        out.copy_(torch.einsum("sikn,sjkn->sijk", d1, d2))
+    else:
+        out.copy_(torch.einsum("sikn,sjln->sijkl", d1, d2))
+
+
+def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None,
+                   k: int, outputs: str, layerwise: bool = True) -> torch.Tensor:
+    """The NTK of C stacked networks: (C, L, 2, *kernel_shape) layerwise terms
+    (weight, bias), or (C, *kernel_shape) totals with ``layerwise=False``.
+
+    ws[l] (C, n_{l+1}, n_l), bs[l] (C, n_{l+1}) or None; x is (N, n_0); n1 is
+    None for Theta(x, x), else the split point of x = [x1; x2]."""
+    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
+    grams, dphis = _forward(ws, bs, scales, bias_scales, phi, x, n1)
+    na = n if n1 is None else n1
+    nb = grams.shape[3]
+    extra = {"full": (k, k), "trace": (), "per_output": (k,)}[outputs]
+    dgs = torch.empty((depth, c, na, nb) + extra, dtype=x.dtype, device=x.device)
+    # delta^{L-1} = d f / d h^{L-1}: the output layer's weight rows, times phi'
+    delta = ws[-1].unsqueeze(1).expand(c, n, k, ws[-1].shape[2])
+    top = dgs[depth - 1]
+    if outputs == "trace":
+        top.fill_(float(k))
+    else:
+        top.copy_(torch.ones(()) if outputs == "per_output" else torch.eye(k, dtype=x.dtype, device=x.device))
+    for l in range(depth - 1, 0, -1):
+        if l < depth - 1:
+            delta = torch.bmm(delta.reshape(c, n * k, -1), ws[l]).reshape(c, n, k, -1)
+        delta = delta * dphis[l - 1].unsqueeze(2)
+        dphis[l - 1] = None
+        _delta_gram(delta, na, outputs, dgs[l - 1])
+    # all layers' epilogues at once: weight term c_l^2 <a, a'> <d, d'>, bias term beta_l^2 <d, d'>
+    w2 = torch.tensor([s * s for s in scales], dtype=x.dtype, device=x.device)
+    b2 = torch.tensor([s * s for s in bias_scales], dtype=x.dtype, device=x.device)
+    pad = (None,) * (len(extra) + 3)
+    wterm = grams.mul_(w2[(...,) + pad[:3]])[(...,) + (None,) * len(extra)] * dgs
+    if not layerwise:
+        return wterm.add_(dgs * b2[(...,) + pad]).sum(0)
+    return torch.stack([wterm, dgs * b2[(...,) + pad]], 2).transpose(0, 1)
 
 
 def ensemble_ntk(
@@ -462,6 +489,7 @@ def ensemble_ntk(
     progress: bool | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
+    threads: int | None = None,
 ) -> EnsembleStats:
     """Statistics of the empirical NTK Theta(x1, x2) over independent inits.
 
@@ -489,6 +517,9 @@ def ensemble_ntk(
         on the CPU, as :class:`fastntk.MLP` draws them, then moved.
     dtype : float64 (default) or float32 for the network and kernels;
         statistics are accumulated in float64 either way.
+    threads : threads drawing the weights, one seed per thread at a time
+        (default: ``torch.get_num_threads()``); the draw of the next chunk
+        overlaps the kernels of the current one.
 
     Returns
     -------
@@ -538,22 +569,35 @@ def ensemble_ntk(
     starts = list(range(0, len(seeds), chunk))
     bar = progress_bar(progress, len(seeds), f"ensemble NTK {len(widths) - 1} layers", worth_it=len(starts) > 1,
                        unit="init")
+    if threads is None:
+        threads = torch.get_num_threads()
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int (threads drawing the weights) or None; got {threads!r}")
     phi = Activation(activation)
     acc = _Accumulator(layerwise, levels, keep, len(seeds))
+
+    def draw(start: int):
+        ws, bs = init_weights(widths, seeds[start:start + chunk], parametrization=parametrization,
+                              sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, threads=threads)
+        return ([w.to(device=device, dtype=dtype) for w in ws],
+                None if bs is None else [b.to(device=device, dtype=dtype) for b in bs])
+
+    # drawing the weights is most of the cost: the next chunk is drawn in the
+    # background while this chunk's kernels run
     try:
-        with torch.no_grad():
-            for start in starts:
-                part = seeds[start:start + chunk]
-                ws, bs = init_weights(widths, part, parametrization=parametrization, sigma_w=sigma_w,
-                                      sigma_b=sigma_b, bias=bias)
-                ws = [w.to(device=device, dtype=dtype) for w in ws]
-                bs = None if bs is None else [b.to(device=device, dtype=dtype) for b in bs]
-                lw = _chunk_kernels(ws, bs, scales, bias_scales, phi, x, n1, k, outputs)
-                acc.add(lw if layerwise else lw.sum((1, 2)))
-                bar.update(len(part))
+        with torch.no_grad(), ThreadPoolExecutor(1) as drawer:
+            pending = drawer.submit(draw, starts[0])
+            for i, start in enumerate(starts):
+                ws, bs = pending.result()
+                if i + 1 < len(starts):
+                    pending = drawer.submit(draw, starts[i + 1])
+                acc.add(_chunk_kernels(ws, bs, scales, bias_scales, phi, x, n1, k, outputs, layerwise))
+                del ws, bs
+                bar.update(min(chunk, len(seeds) - start))
     finally:
         bar.close()
     settings = {"widths": widths, "activation": activation, "parametrization": parametrization,
                 "sigma_w": sigma_w, "sigma_b": sigma_b, "bias": bias, "outputs": outputs,
-                "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk}
+                "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk,
+                "threads": threads}
     return acc.result(seeds, settings)

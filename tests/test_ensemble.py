@@ -57,6 +57,66 @@ def test_equals_plain_loop(param, sigma_b, outputs, k, activation, cross):
     assert _rel(st.quantiles, torch.quantile(ks, levels, dim=0)) < 1e-10
 
 
+def _torch_func_ntk(net, x1, x2):
+    """(N1, N2, K, K) NTK of one network from torch.func Jacobians, float64: the
+    independent reference."""
+    params = {name: p.detach() for name, p in net.named_parameters()}
+
+    def jac(x):
+        return torch.func.jacrev(lambda p: torch.func.functional_call(net, p, (x,)))(params)
+
+    j1, j2 = jac(x1), jac(x2)
+    return sum(torch.einsum("ik...,jl...->ijkl", j1[name].flatten(2), j2[name].flatten(2)) for name in params)
+
+
+@pytest.mark.parametrize("widths", [[4, 3], [4, 6, 2], [4, 5, 5, 5, 5, 3]])
+@pytest.mark.parametrize("activation,param,bias,sigma_b", [
+    ("relu", "ntk", True, 0.2),
+    ("relu", "standard", False, 0.0),
+    ("tanh", "standard", True, 0.3),
+    ("leaky_relu", "ntk", False, 0.0),
+    ("softplus", "standard", True, 0.0),
+])
+def test_totals_equal_torch_func(widths, activation, param, bias, sigma_b):
+    """The fused (non-layerwise) totals, per init, against torch.func on the same
+    MLPs: depths 1, 2, 5; K = 3 and 2; with and without bias; both
+    parametrizations; 5 inits in chunks of 2 (a partial last chunk)."""
+    g = torch.Generator().manual_seed(7)
+    x1 = torch.randn(3, 4, generator=g, dtype=F64)
+    x2 = torch.randn(2, 4, generator=g, dtype=F64)
+    seeds = [0, 8, 1, 5, 12]
+    kw = dict(activation=activation, parametrization=param, sigma_w=1.4, sigma_b=sigma_b, bias=bias)
+    ref = torch.stack([_torch_func_ntk(fastntk.MLP(widths, seed=s, dtype=F64, **kw), x1, x2) for s in seeds])
+    refs = {"full": ref, "per_output": torch.diagonal(ref, dim1=3, dim2=4), "trace": torch.einsum("sijkk->sij", ref)}
+    for outputs, expected in refs.items():
+        for cross in (True, False):
+            st = ensemble_ntk(widths, x1, x2 if cross else None, seeds=seeds, outputs=outputs, chunk=2,
+                              keep=True, threads=2, **kw)
+            want = expected if cross else torch.stack([_torch_func_ntk(
+                fastntk.MLP(widths, seed=s, dtype=F64, **kw), x1, x1) for s in seeds])
+            if not cross:
+                want = {"full": want, "per_output": torch.diagonal(want, dim1=3, dim2=4),
+                        "trace": torch.einsum("sijkk->sij", want)}[outputs]
+            assert st.kernels.shape == want.shape
+            assert _rel(st.kernels, want) < 1e-10, (outputs, cross)
+            assert _rel(st.mean, want.mean(0)) < 1e-10
+
+
+def test_threads_and_chunks_change_nothing():
+    """Drawing on several threads, pipelined with the kernels, and any chunking
+    give bit-identical kernels (each init is drawn and computed alone)."""
+    x = torch.eye(6, dtype=F64)[:2]
+    kw = dict(seeds=[4, 0, 9, 2, 7, 3, 11], parametrization="standard", sigma_w=1.3, sigma_b=0.2, keep=True,
+              layerwise=True)
+    one = ensemble_ntk([6, 6, 6, 2], x, threads=1, chunk=7, **kw)
+    for threads, chunk in ((2, 3), (3, 1), (1, 4)):
+        other = ensemble_ntk([6, 6, 6, 2], x, threads=threads, chunk=chunk, **kw)
+        assert torch.equal(other.kernels, one.kernels), (threads, chunk)
+    ws1, bs1 = init_weights([6, 6, 2], [3, 1, 2], sigma_b=0.5, threads=1)
+    ws3, bs3 = init_weights([6, 6, 2], [3, 1, 2], sigma_b=0.5, threads=3)
+    assert all(torch.equal(a, b) for a, b in zip(ws1 + bs1, ws3 + bs3))
+
+
 def test_streaming_matches_one_chunk_and_no_keep():
     x = torch.eye(8, dtype=F64)[:3]
     kw = dict(seeds=37, activation="relu", parametrization="standard", sigma_w=1.5)
@@ -161,6 +221,8 @@ def test_progress_bar(capsys):
     (dict(quantiles=[0.5, 2.0]), ValueError, "quantiles"),
     (dict(progress="yes"), TypeError, "progress"),
     (dict(dtype=torch.float16), TypeError, "dtype"),
+    (dict(threads=0), ValueError, "threads"),
+    (dict(threads=1.5), ValueError, "threads"),
 ])
 def test_bad_arguments(kwargs, exc, word):
     x = torch.eye(4, dtype=F64)[:2]
