@@ -48,7 +48,7 @@ from ._reference import ACTIVATIONS, activation_derivative
 from .models import PARAMETRIZATIONS, Activation, _check_widths
 from .ntk import _check_outputs
 
-__all__ = ["EnsembleStats", "ensemble_ntk", "ensemble_stats", "init_weights", "resolve_seeds",
+__all__ = ["EnsembleStats", "ensemble_ntk", "ensemble_ntk_depths", "ensemble_stats", "init_weights", "resolve_seeds",
            "DEFAULT_QUANTILES"]
 
 #: Quantile levels reported by default.
@@ -340,14 +340,48 @@ def _check_x(name: str, x, n0: int) -> torch.Tensor:
 # weights
 
 
-def _fill_one(seed: int, i: int, ws, bs, w_stds, b_std) -> None:
+def _fill_one(seed: int, i: int, ws, bs, heads: dict, w_stds, b_std) -> None:
+    """Init i's hidden layers into ws/bs[l][i]; for each depth d in heads, the
+    output layer that MLP(widths[:d + 1] + [K], seed) draws after d hidden
+    layers, from a copy of the generator at that point."""
     g = torch.Generator().manual_seed(int(seed))
-    for l, w in enumerate(ws):
-        torch.randn(w.shape[1:], generator=g, dtype=torch.float64, out=w[i])
+
+    def draw(gen, w, b, l):
+        torch.randn(w.shape[1:], generator=gen, dtype=torch.float64, out=w[i])
         w[i].mul_(w_stds[l])
-        if bs is not None:
-            torch.randn(bs[l].shape[1:], generator=g, dtype=torch.float64, out=bs[l][i])
-            bs[l][i].mul_(b_std)
+        if b is not None:
+            torch.randn(b.shape[1:], generator=gen, dtype=torch.float64, out=b[i])
+            b[i].mul_(b_std)
+
+    for l in range(len(ws) + 1):
+        if l in heads:
+            head = g if l == len(ws) else torch.Generator().set_state(g.get_state())
+            draw(head, heads[l][0], heads[l][1], l)
+        if l < len(ws):
+            draw(g, ws[l], None if bs is None else bs[l], l)
+
+
+def _draw(widths: Sequence[int], depths: Sequence[int], seeds: Sequence[int], *, parametrization: str,
+          sigma_w: float, sigma_b: float, bias: bool, threads: int):
+    """The hidden layers of ``MLP(widths)`` (widths[:-1]) and, for each depth d
+    in ``depths``, the output layer of ``MLP(widths[:d + 1] + [widths[-1]])``,
+    for each seed: (ws, bs, heads) with heads {d: (weight, bias or None)}."""
+    ntk_param = parametrization == "ntk"
+    s, k = len(seeds), widths[-1]
+    hidden = widths[:-1]
+    ws = [torch.empty(s, o, i, dtype=torch.float64) for i, o in zip(hidden[:-1], hidden[1:])]
+    bs = [torch.empty(s, o, dtype=torch.float64) for o in hidden[1:]] if bias else None
+    heads = {d: (torch.empty(s, k, hidden[d], dtype=torch.float64),
+                 torch.empty(s, k, dtype=torch.float64) if bias else None) for d in depths}
+    w_stds = [1.0 if ntk_param else sigma_w / math.sqrt(i) for i in hidden]
+    b_std = 1.0 if ntk_param else sigma_b
+    if threads <= 1 or s == 1:
+        for i, seed in enumerate(seeds):
+            _fill_one(seed, i, ws, bs, heads, w_stds, b_std)
+    else:
+        with ThreadPoolExecutor(min(threads, s)) as pool:
+            list(pool.map(lambda a: _fill_one(a[1], a[0], ws, bs, heads, w_stds, b_std), enumerate(seeds)))
+    return ws, bs, heads
 
 
 def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization: str = "ntk",
@@ -364,20 +398,10 @@ def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization
         raise ValueError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}; got {parametrization!r}")
     if isinstance(seeds, (int, np.integer)) or not hasattr(seeds, "__len__"):
         raise TypeError(f"seeds must be a sequence of ints; got {type(seeds).__name__} {seeds!r}")
-    ntk_param = parametrization == "ntk"
-    s = len(seeds)
-    ws = [torch.empty(s, o, i, dtype=torch.float64) for i, o in zip(widths[:-1], widths[1:])]
-    bs = [torch.empty(s, o, dtype=torch.float64) for o in widths[1:]] if bias else None
-    w_stds = [1.0 if ntk_param else sigma_w / math.sqrt(i) for i in widths[:-1]]
-    b_std = 1.0 if ntk_param else sigma_b
-    threads = threads or 1
-    if threads <= 1 or s == 1:
-        for i, seed in enumerate(seeds):
-            _fill_one(seed, i, ws, bs, w_stds, b_std)
-    else:
-        with ThreadPoolExecutor(min(threads, s)) as pool:
-            list(pool.map(lambda a: _fill_one(a[1], a[0], ws, bs, w_stds, b_std), enumerate(seeds)))
-    return ws, bs
+    depth = len(widths) - 2
+    ws, bs, heads = _draw(widths, [depth], seeds, parametrization=parametrization, sigma_w=sigma_w,
+                          sigma_b=sigma_b, bias=bias, threads=threads or 1)
+    return ws + [heads[depth][0]], None if bs is None else bs + [heads[depth][1]]
 
 
 # ---------------------------------------------------------------------------
@@ -441,8 +465,17 @@ def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor
 
     ws[l] (C, n_{l+1}, n_l), bs[l] (C, n_{l+1}) or None; x is (N, n_0); n1 is
     None for Theta(x, x), else the split point of x = [x1; x2]."""
-    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
     grams, dphis = _forward(ws, bs, scales, bias_scales, phi, x, n1)
+    return _backward(ws, grams, dphis, scales, bias_scales, x, n1, k, outputs, layerwise)
+
+
+def _backward(ws, grams: torch.Tensor, dphis: list, scales, bias_scales, x: torch.Tensor, n1: int | None, k: int,
+              outputs: str, layerwise: bool) -> torch.Tensor:
+    """The backward pass and the layer terms of :func:`_chunk_kernels`, from
+    :func:`_forward`'s grams[:L] and dphis[:L - 1] (L = len(ws), which may be
+    a prefix of a deeper forward pass). Entries of the list ``dphis`` are
+    released as they are used."""
+    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
     na = n if n1 is None else n1
     nb = grams.shape[3]
     extra = {"full": (k, k), "trace": (), "per_output": (k,)}[outputs]
@@ -461,10 +494,10 @@ def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor
         dphis[l - 1] = None
         _delta_gram(delta, na, outputs, dgs[l - 1])
     # all layers' epilogues at once: weight term c_l^2 <a, a'> <d, d'>, bias term beta_l^2 <d, d'>
-    w2 = torch.tensor([s * s for s in scales], dtype=x.dtype, device=x.device)
-    b2 = torch.tensor([s * s for s in bias_scales], dtype=x.dtype, device=x.device)
+    w2 = torch.tensor([s * s for s in scales[:depth]], dtype=x.dtype, device=x.device)
+    b2 = torch.tensor([s * s for s in bias_scales[:depth]], dtype=x.dtype, device=x.device)
     pad = (None,) * (len(extra) + 3)
-    wterm = grams.mul_(w2[(...,) + pad[:3]])[(...,) + (None,) * len(extra)] * dgs
+    wterm = (grams[:depth] * w2[(...,) + pad[:3]])[(...,) + (None,) * len(extra)] * dgs
     if not layerwise:
         return wterm.add_(dgs * b2[(...,) + pad]).sum(0)
     return torch.stack([wterm, dgs * b2[(...,) + pad]], 2).transpose(0, 1)
@@ -519,7 +552,8 @@ def ensemble_ntk(
         statistics are accumulated in float64 either way.
     threads : threads drawing the weights, one seed per thread at a time
         (default: ``torch.get_num_threads()``); the draw of the next chunk
-        overlaps the kernels of the current one.
+        overlaps the kernels of the current one, which run on one intra-op
+        thread (``torch.set_num_threads(1)`` for the duration of the call).
 
     Returns
     -------
@@ -531,6 +565,73 @@ def ensemble_ntk(
         Naming the argument, for invalid input.
     """
     widths = _check_widths(widths)
+    return ensemble_ntk_depths(widths, x1, x2, depths=[len(widths) - 2], seeds=seeds, activation=activation,
+                               parametrization=parametrization, sigma_w=sigma_w, sigma_b=sigma_b, bias=bias,
+                               outputs=outputs, layerwise=layerwise, quantiles=quantiles, chunk=chunk, keep=keep,
+                               progress=progress, device=device, dtype=dtype, threads=threads)[len(widths) - 2]
+
+
+def ensemble_ntk_depths(
+    widths: Sequence[int],
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    depths: Sequence[int] | None = None,
+    seeds=None,
+    activation: str = "relu",
+    parametrization: str = "ntk",
+    sigma_w: float = 1.0,
+    sigma_b: float = 0.0,
+    bias: bool = True,
+    outputs: str = "trace",
+    layerwise: bool = False,
+    quantiles=DEFAULT_QUANTILES,
+    chunk: int | None = None,
+    keep: bool = False,
+    progress: bool | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+    threads: int | None = None,
+) -> dict[int, EnsembleStats]:
+    """:func:`ensemble_ntk` for every depth of a sweep at the cost of the deepest.
+
+    The network of depth d (hidden layers) is ``MLP(widths[:d + 1] +
+    [widths[-1]], ..., seed=s)``: the first d hidden layers of the deepest
+    network, then an output layer. ``MLP`` draws its layers in order from
+    one generator, so all depths share their hidden layers bit for bit; each
+    output layer is drawn from a copy of the generator after d hidden layers.
+    The weights are drawn once and the forward pass runs once, for the
+    deepest network; only the backward pass is per depth.
+
+    Parameters
+    ----------
+    widths : [n_0, n_1, ..., n_D, K], the deepest network.
+    depths : numbers of hidden layers d, 0 <= d <= D (default: 1..D).
+    x1, x2, seeds, activation, parametrization, sigma_w, sigma_b, bias,
+    outputs, layerwise, quantiles, chunk, keep, progress, device, dtype,
+    threads : as for :func:`ensemble_ntk` (``chunk`` counts inits of the
+        deepest network).
+
+    Returns
+    -------
+    dict {d: :class:`EnsembleStats`} in the order of ``depths``; its
+    ``settings["widths"]`` is the network of depth d.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, for invalid input.
+    """
+    widths = _check_widths(widths)
+    max_depth = len(widths) - 2
+    depths = list(range(1, max_depth + 1)) if depths is None else depths
+    if isinstance(depths, (int, np.integer)) or not hasattr(depths, "__iter__"):
+        raise TypeError(f"depths must be a sequence of numbers of hidden layers; got {depths!r}")
+    depths = list(depths)
+    if not depths or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d <= max_depth
+                         for d in depths) or len(set(depths)) != len(depths):
+        raise ValueError(f"depths must be distinct ints in [0, {max_depth}] (hidden layers of widths = {widths}); "
+                         f"got {depths!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
     if parametrization not in PARAMETRIZATIONS:
@@ -566,38 +667,50 @@ def ensemble_ntk(
         chunk = max(1, min(len(seeds), CHUNK_BYTES // per_init))
     elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (inits per batched call) or None; got {chunk!r}")
-    starts = list(range(0, len(seeds), chunk))
-    bar = progress_bar(progress, len(seeds), f"ensemble NTK {len(widths) - 1} layers", worth_it=len(starts) > 1,
-                       unit="init")
     if threads is None:
         threads = torch.get_num_threads()
     elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int (threads drawing the weights) or None; got {threads!r}")
+    starts = list(range(0, len(seeds), chunk))
+    label = f"{len(widths) - 1} layers" if len(depths) == 1 else f"depths {min(depths)}..{max(depths)}"
+    bar = progress_bar(progress, len(seeds), f"ensemble NTK {label}", worth_it=len(starts) > 1, unit="init")
     phi = Activation(activation)
-    acc = _Accumulator(layerwise, levels, keep, len(seeds))
+    accs = {d: _Accumulator(layerwise, levels, keep, len(seeds)) for d in depths}
 
     def draw(start: int):
-        ws, bs = init_weights(widths, seeds[start:start + chunk], parametrization=parametrization,
+        ws, bs, heads = _draw(widths, depths, seeds[start:start + chunk], parametrization=parametrization,
                               sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, threads=threads)
-        return ([w.to(device=device, dtype=dtype) for w in ws],
-                None if bs is None else [b.to(device=device, dtype=dtype) for b in bs])
+
+        def moved(ts):
+            return None if ts is None else [t.to(device=device, dtype=dtype) for t in ts]
+
+        return moved(ws), moved(bs), {d: moved(h if bias else h[:1]) for d, h in heads.items()}
 
     # drawing the weights is most of the cost: the next chunk is drawn in the
     # background while this chunk's kernels run
+    # the batched GEMMs are tiny: intra-op threads only contend with the
+    # drawing threads (measured many times slower on a loaded machine)
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         with torch.no_grad(), ThreadPoolExecutor(1) as drawer:
             pending = drawer.submit(draw, starts[0])
             for i, start in enumerate(starts):
-                ws, bs = pending.result()
+                ws, bs, heads = pending.result()
                 if i + 1 < len(starts):
                     pending = drawer.submit(draw, starts[i + 1])
-                acc.add(_chunk_kernels(ws, bs, scales, bias_scales, phi, x, n1, k, outputs, layerwise))
-                del ws, bs
+                deepest = max(depths)
+                grams, dphis = _forward(ws[:deepest] + heads[deepest][:1], bs, scales, bias_scales, phi, x, n1)
+                for d in depths:
+                    accs[d].add(_backward(ws[:d] + heads[d][:1], grams, dphis[:d], scales, bias_scales, x, n1,
+                                          k, outputs, layerwise))
+                del ws, bs, heads, grams, dphis
                 bar.update(min(chunk, len(seeds) - start))
     finally:
+        torch.set_num_threads(intra_op)
         bar.close()
-    settings = {"widths": widths, "activation": activation, "parametrization": parametrization,
+    settings = {"activation": activation, "parametrization": parametrization,
                 "sigma_w": sigma_w, "sigma_b": sigma_b, "bias": bias, "outputs": outputs,
                 "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk,
                 "threads": threads}
-    return acc.result(seeds, settings)
+    return {d: accs[d].result(seeds, {"widths": widths[:d + 1] + [k], **settings}) for d in depths}

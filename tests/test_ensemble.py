@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastntk
-from fastntk.ensemble import EnsembleStats, ensemble_ntk, ensemble_stats, init_weights
+from fastntk.ensemble import EnsembleStats, ensemble_ntk, ensemble_ntk_depths, ensemble_stats, init_weights
 
 F64 = torch.float64
 
@@ -115,6 +115,44 @@ def test_threads_and_chunks_change_nothing():
     ws1, bs1 = init_weights([6, 6, 2], [3, 1, 2], sigma_b=0.5, threads=1)
     ws3, bs3 = init_weights([6, 6, 2], [3, 1, 2], sigma_b=0.5, threads=3)
     assert all(torch.equal(a, b) for a, b in zip(ws1 + bs1, ws3 + bs3))
+
+
+@pytest.mark.parametrize("activation,param,bias,sigma_b,k,outputs", [
+    ("relu", "standard", True, 0.0, 1, "trace"),
+    ("tanh", "ntk", True, 0.3, 2, "full"),
+    ("gelu", "standard", False, 0.0, 3, "per_output"),
+])
+def test_depth_sweep_equals_one_ensemble_per_depth(activation, param, bias, sigma_b, k, outputs):
+    """Each depth of the sweep is the ensemble of MLP(widths[:d + 1] + [K], seed=s):
+    same kernels and statistics, shared hidden layers, per-depth output layers;
+    depths unordered, with 0 and the deepest, 7 inits in chunks of 3."""
+    g = torch.Generator().manual_seed(3)
+    widths = [5, 6, 7, 6, 6, k]
+    x1 = torch.randn(3, 5, generator=g, dtype=F64)
+    x2 = torch.randn(2, 5, generator=g, dtype=F64)
+    kw = dict(seeds=[2, 9, 4, 0, 13, 5, 1], activation=activation, parametrization=param, sigma_w=1.2,
+              sigma_b=sigma_b, bias=bias, outputs=outputs, layerwise=True, keep=True)
+    depths = [3, 0, 4, 1]
+    sweep = ensemble_ntk_depths(widths, x1, x2, depths=depths, chunk=3, **kw)
+    assert list(sweep) == depths
+    for d in depths:
+        net = widths[:d + 1] + [k]
+        one = ensemble_ntk(net, x1, x2, chunk=7, **kw)
+        assert sweep[d].settings["widths"] == net and sweep[d].kernels.shape == one.kernels.shape
+        assert _rel(sweep[d].kernels, one.kernels) < 1e-12, d
+        torch.testing.assert_close(sweep[d].dispersion, one.dispersion, rtol=1e-12, atol=0, equal_nan=True)
+    # and, independently of ensemble_ntk, against the loop over the MLPs of two depths
+    net_kw = dict(activation=activation, parametrization=param, sigma_w=1.2, sigma_b=sigma_b, bias=bias)
+    for d in (1, 3):
+        ks, lws = _loop(widths[:d + 1] + [k], x1, x2, kw["seeds"], outputs, **net_kw)
+        assert _rel(sweep[d].kernels, lws) < 1e-10 and _rel(sweep[d].samples, ks) < 1e-10, d
+
+
+@pytest.mark.parametrize("depths,word", [([5], "depths"), ([1, 1], "depths"), ([-1], "depths"), (3, "depths"),
+                                         ([], "depths"), ([True], "depths")])
+def test_depth_sweep_bad_depths(depths, word):
+    with pytest.raises((TypeError, ValueError), match=word):
+        ensemble_ntk_depths([4, 4, 4, 1], torch.eye(4, dtype=F64)[:2], depths=depths, seeds=2)
 
 
 def test_streaming_matches_one_chunk_and_no_keep():
