@@ -48,7 +48,7 @@ from ._reference import ACTIVATIONS, activation_derivative
 from .models import PARAMETRIZATIONS, Activation, _check_widths
 from .ntk import _check_outputs
 
-__all__ = ["EnsembleStats", "ensemble_ntk", "ensemble_ntk_depths", "ensemble_stats", "init_weights", "resolve_seeds",
+__all__ = ["EnsembleStats", "ensemble_ntk", "ensemble_stats", "init_weights", "resolve_seeds",
            "DEFAULT_QUANTILES"]
 
 #: Quantile levels reported by default.
@@ -523,7 +523,8 @@ def ensemble_ntk(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
     threads: int | None = None,
-) -> EnsembleStats:
+    depths: Sequence[int] | None = None,
+) -> EnsembleStats | dict[int, EnsembleStats]:
     """Statistics of the empirical NTK Theta(x1, x2) over independent inits.
 
     Parameters
@@ -554,68 +555,20 @@ def ensemble_ntk(
         (default: ``torch.get_num_threads()``); the draw of the next chunk
         overlaps the kernels of the current one, which run on one intra-op
         thread (``torch.set_num_threads(1)`` for the duration of the call).
+    depths : None for the network ``widths``; or a sweep: numbers of hidden
+        layers d (0 <= d <= len(widths) - 2), the network of depth d being
+        ``MLP(widths[:d + 1] + [widths[-1]], ..., seed=s)``, the first d
+        hidden layers of ``widths`` then an output layer. ``MLP`` draws its
+        layers in order from one generator, so all depths share their hidden
+        layers bit for bit (each output layer is drawn from a copy of the
+        generator after d hidden layers): the weights are drawn and the
+        forward pass runs once, for the deepest network; only the backward
+        pass is per depth. ``chunk`` then counts inits of the deepest network.
 
     Returns
     -------
-    :class:`EnsembleStats`.
-
-    Raises
-    ------
-    TypeError, ValueError
-        Naming the argument, for invalid input.
-    """
-    widths = _check_widths(widths)
-    return ensemble_ntk_depths(widths, x1, x2, depths=[len(widths) - 2], seeds=seeds, activation=activation,
-                               parametrization=parametrization, sigma_w=sigma_w, sigma_b=sigma_b, bias=bias,
-                               outputs=outputs, layerwise=layerwise, quantiles=quantiles, chunk=chunk, keep=keep,
-                               progress=progress, device=device, dtype=dtype, threads=threads)[len(widths) - 2]
-
-
-def ensemble_ntk_depths(
-    widths: Sequence[int],
-    x1: torch.Tensor,
-    x2: torch.Tensor | None = None,
-    *,
-    depths: Sequence[int] | None = None,
-    seeds=None,
-    activation: str = "relu",
-    parametrization: str = "ntk",
-    sigma_w: float = 1.0,
-    sigma_b: float = 0.0,
-    bias: bool = True,
-    outputs: str = "trace",
-    layerwise: bool = False,
-    quantiles=DEFAULT_QUANTILES,
-    chunk: int | None = None,
-    keep: bool = False,
-    progress: bool | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
-    threads: int | None = None,
-) -> dict[int, EnsembleStats]:
-    """:func:`ensemble_ntk` for every depth of a sweep at the cost of the deepest.
-
-    The network of depth d (hidden layers) is ``MLP(widths[:d + 1] +
-    [widths[-1]], ..., seed=s)``: the first d hidden layers of the deepest
-    network, then an output layer. ``MLP`` draws its layers in order from
-    one generator, so all depths share their hidden layers bit for bit; each
-    output layer is drawn from a copy of the generator after d hidden layers.
-    The weights are drawn once and the forward pass runs once, for the
-    deepest network; only the backward pass is per depth.
-
-    Parameters
-    ----------
-    widths : [n_0, n_1, ..., n_D, K], the deepest network.
-    depths : numbers of hidden layers d, 0 <= d <= D (default: 1..D).
-    x1, x2, seeds, activation, parametrization, sigma_w, sigma_b, bias,
-    outputs, layerwise, quantiles, chunk, keep, progress, device, dtype,
-    threads : as for :func:`ensemble_ntk` (``chunk`` counts inits of the
-        deepest network).
-
-    Returns
-    -------
-    dict {d: :class:`EnsembleStats`} in the order of ``depths``; its
-    ``settings["widths"]`` is the network of depth d.
+    :class:`EnsembleStats`; with ``depths``, a dict {d: EnsembleStats} in the
+    order of ``depths``, ``settings["widths"]`` being the network of depth d.
 
     Raises
     ------
@@ -624,7 +577,8 @@ def ensemble_ntk_depths(
     """
     widths = _check_widths(widths)
     max_depth = len(widths) - 2
-    depths = list(range(1, max_depth + 1)) if depths is None else depths
+    sweep = depths is not None
+    depths = depths if sweep else [max_depth]
     if isinstance(depths, (int, np.integer)) or not hasattr(depths, "__iter__"):
         raise TypeError(f"depths must be a sequence of numbers of hidden layers; got {depths!r}")
     depths = list(depths)
@@ -713,4 +667,5 @@ def ensemble_ntk_depths(
                 "sigma_w": sigma_w, "sigma_b": sigma_b, "bias": bias, "outputs": outputs,
                 "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk,
                 "threads": threads}
-    return {d: accs[d].result(seeds, {"widths": widths[:d + 1] + [k], **settings}) for d in depths}
+    stats = {d: accs[d].result(seeds, {"widths": widths[:d + 1] + [k], **settings}) for d in depths}
+    return stats if sweep else stats[max_depth]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastntk
-from fastntk.ensemble import EnsembleStats, ensemble_ntk, ensemble_ntk_depths, ensemble_stats, init_weights
+from fastntk.ensemble import EnsembleStats, ensemble_ntk, ensemble_stats, init_weights
 
 F64 = torch.float64
 
@@ -133,7 +133,7 @@ def test_depth_sweep_equals_one_ensemble_per_depth(activation, param, bias, sigm
     kw = dict(seeds=[2, 9, 4, 0, 13, 5, 1], activation=activation, parametrization=param, sigma_w=1.2,
               sigma_b=sigma_b, bias=bias, outputs=outputs, layerwise=True, keep=True)
     depths = [3, 0, 4, 1]
-    sweep = ensemble_ntk_depths(widths, x1, x2, depths=depths, chunk=3, **kw)
+    sweep = ensemble_ntk(widths, x1, x2, depths=depths, chunk=3, **kw)
     assert list(sweep) == depths
     for d in depths:
         net = widths[:d + 1] + [k]
@@ -152,7 +152,7 @@ def test_depth_sweep_equals_one_ensemble_per_depth(activation, param, bias, sigm
                                          ([], "depths"), ([True], "depths")])
 def test_depth_sweep_bad_depths(depths, word):
     with pytest.raises((TypeError, ValueError), match=word):
-        ensemble_ntk_depths([4, 4, 4, 1], torch.eye(4, dtype=F64)[:2], depths=depths, seeds=2)
+        ensemble_ntk([4, 4, 4, 1], torch.eye(4, dtype=F64)[:2], depths=depths, seeds=2)
 
 
 def test_streaming_matches_one_chunk_and_no_keep():

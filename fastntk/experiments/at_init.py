@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..ensemble import ensemble_ntk_depths
+from ..ensemble import ensemble_ntk
 from .registry import add_list_argument
 
 #: The 16 sigma_w^2 values of Seleznova & Kutyniok (ICML 2022).
@@ -92,18 +92,18 @@ def per_init_layerwise_depths(widths, depths, x, seeds, sigma_w2s, *, activation
                               device, chunk, progress=False):
     """Yields (depth, {sigma_w2: (S, depth + 1, 2, N, N) per-init layerwise trace
     kernels}) for each depth (hidden layers) of ``widths``'s sweep
-    (:func:`fastntk.ensemble.ensemble_ntk_depths`: the weights drawn and the
+    (:func:`fastntk.ensemble.ensemble_ntk` with ``depths``: the weights drawn and the
     forward pass run once for all depths), using the homogeneity scaling when
     exact, else one sweep per sigma_w2. ``progress``: the ensemble's bar over inits."""
     common = dict(depths=depths, seeds=seeds, activation=activation, parametrization=parametrization,
                   sigma_b=sigma_b, outputs="trace", layerwise=True, keep=True, quantiles=None, progress=progress,
                   device=device, chunk=chunk)
     if not homogeneous(activation, parametrization, sigma_b):
-        per_v = {v: ensemble_ntk_depths(widths, x, sigma_w=math.sqrt(v), **common) for v in sigma_w2s}
+        per_v = {v: ensemble_ntk(widths, x, sigma_w=math.sqrt(v), **common) for v in sigma_w2s}
         for d in depths:
             yield d, {v: per_v[v][d].kernels for v in sigma_w2s}
         return
-    base = ensemble_ntk_depths(widths, x, sigma_w=1.0, **common)
+    base = ensemble_ntk(widths, x, sigma_w=1.0, **common)
     for d in depths:
         L = d + 1
         out = {}
