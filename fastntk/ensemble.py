@@ -22,8 +22,10 @@ then bias for each layer, scaled as the MLP scales them, then cast to
 ``dtype``. The statistics therefore equal a plain loop of :func:`fastntk.ntk`
 over those MLPs (to float64 rounding; a test checks 1e-10), and any single
 init can be rebuilt from its seed for a closer look. Drawing the weights is
-done on the CPU (as the MLP does), on one thread by default (several threads
-were measured slower here); for small networks it is most of the cost.
+done on the CPU (as the MLP does), one seed per thread, the next chunk while
+the current one's kernels run; for small networks it is most of the cost,
+and a loop over MLPs pays it too. A sweep over depth (``depths=``) draws
+the weights and runs the forward pass once, for the deepest network.
 
 Example::
 
