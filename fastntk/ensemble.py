@@ -22,8 +22,10 @@ then bias for each layer, scaled as the MLP scales them, then cast to
 ``dtype``. The statistics therefore equal a plain loop of :func:`fastntk.ntk`
 over those MLPs (to float64 rounding; a test checks 1e-10), and any single
 init can be rebuilt from its seed for a closer look. Drawing the weights is
-done on the CPU (as the MLP does), on one thread by default (several threads
-were measured slower here); for small networks it is most of the cost.
+done on the CPU (as the MLP does), one seed per thread, the next chunk while
+the current one's kernels run; for small networks it is most of the cost,
+and a loop over MLPs pays it too. A sweep over depth (``depths=``) draws
+the weights and runs the forward pass once, for the deepest network.
 
 Example::
 
@@ -340,14 +342,48 @@ def _check_x(name: str, x, n0: int) -> torch.Tensor:
 # weights
 
 
-def _fill_one(seed: int, i: int, ws, bs, w_stds, b_std) -> None:
+def _fill_one(seed: int, i: int, ws, bs, heads: dict, w_stds, b_std) -> None:
+    """Init i's hidden layers into ws/bs[l][i]; for each depth d in heads, the
+    output layer that MLP(widths[:d + 1] + [K], seed) draws after d hidden
+    layers, from a copy of the generator at that point."""
     g = torch.Generator().manual_seed(int(seed))
-    for l, w in enumerate(ws):
-        torch.randn(w.shape[1:], generator=g, dtype=torch.float64, out=w[i])
+
+    def draw(gen, w, b, l):
+        torch.randn(w.shape[1:], generator=gen, dtype=torch.float64, out=w[i])
         w[i].mul_(w_stds[l])
-        if bs is not None:
-            torch.randn(bs[l].shape[1:], generator=g, dtype=torch.float64, out=bs[l][i])
-            bs[l][i].mul_(b_std)
+        if b is not None:
+            torch.randn(b.shape[1:], generator=gen, dtype=torch.float64, out=b[i])
+            b[i].mul_(b_std)
+
+    for l in range(len(ws) + 1):
+        if l in heads:
+            head = g if l == len(ws) else torch.Generator().set_state(g.get_state())
+            draw(head, heads[l][0], heads[l][1], l)
+        if l < len(ws):
+            draw(g, ws[l], None if bs is None else bs[l], l)
+
+
+def _draw(widths: Sequence[int], depths: Sequence[int], seeds: Sequence[int], *, parametrization: str,
+          sigma_w: float, sigma_b: float, bias: bool, threads: int):
+    """The hidden layers of ``MLP(widths)`` (widths[:-1]) and, for each depth d
+    in ``depths``, the output layer of ``MLP(widths[:d + 1] + [widths[-1]])``,
+    for each seed: (ws, bs, heads) with heads {d: (weight, bias or None)}."""
+    ntk_param = parametrization == "ntk"
+    s, k = len(seeds), widths[-1]
+    hidden = widths[:-1]
+    ws = [torch.empty(s, o, i, dtype=torch.float64) for i, o in zip(hidden[:-1], hidden[1:])]
+    bs = [torch.empty(s, o, dtype=torch.float64) for o in hidden[1:]] if bias else None
+    heads = {d: (torch.empty(s, k, hidden[d], dtype=torch.float64),
+                 torch.empty(s, k, dtype=torch.float64) if bias else None) for d in depths}
+    w_stds = [1.0 if ntk_param else sigma_w / math.sqrt(i) for i in hidden]
+    b_std = 1.0 if ntk_param else sigma_b
+    if threads <= 1 or s == 1:
+        for i, seed in enumerate(seeds):
+            _fill_one(seed, i, ws, bs, heads, w_stds, b_std)
+    else:
+        with ThreadPoolExecutor(min(threads, s)) as pool:
+            list(pool.map(lambda a: _fill_one(a[1], a[0], ws, bs, heads, w_stds, b_std), enumerate(seeds)))
+    return ws, bs, heads
 
 
 def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization: str = "ntk",
@@ -364,83 +400,109 @@ def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization
         raise ValueError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}; got {parametrization!r}")
     if isinstance(seeds, (int, np.integer)) or not hasattr(seeds, "__len__"):
         raise TypeError(f"seeds must be a sequence of ints; got {type(seeds).__name__} {seeds!r}")
-    ntk_param = parametrization == "ntk"
-    s = len(seeds)
-    ws = [torch.empty(s, o, i, dtype=torch.float64) for i, o in zip(widths[:-1], widths[1:])]
-    bs = [torch.empty(s, o, dtype=torch.float64) for o in widths[1:]] if bias else None
-    w_stds = [1.0 if ntk_param else sigma_w / math.sqrt(i) for i in widths[:-1]]
-    b_std = 1.0 if ntk_param else sigma_b
-    threads = threads or 1
-    if threads <= 1 or s == 1:
-        for i, seed in enumerate(seeds):
-            _fill_one(seed, i, ws, bs, w_stds, b_std)
-    else:
-        with ThreadPoolExecutor(min(threads, s)) as pool:
-            list(pool.map(lambda a: _fill_one(a[1], a[0], ws, bs, w_stds, b_std), enumerate(seeds)))
-    return ws, bs
+    depth = len(widths) - 2
+    ws, bs, heads = _draw(widths, [depth], seeds, parametrization=parametrization, sigma_w=sigma_w,
+                          sigma_b=sigma_b, bias=bias, threads=threads or 1)
+    return ws + [heads[depth][0]], None if bs is None else bs + [heads[depth][1]]
 
 
 # ---------------------------------------------------------------------------
 # the batched engine
 
 
-def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None,
-                   k: int, outputs: str) -> torch.Tensor:
-    """(C, L, 2, *kernel_shape) layerwise NTK of C stacked networks.
+def _forward(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None):
+    """The forward pass of C stacked networks, keeping only what the NTK needs.
 
-    x is (N, n_0); n1 is None for Theta(x, x), else the split point of x =
-    [x1; x2]."""
-    c = ws[0].shape[0]
-    depth = len(ws)
-    # forward: pre-activations of every layer, (C, N, n_l)
-    hs = []
-    a = x.expand(c, *x.shape)
-    for l in range(depth):
-        w = ws[l].transpose(1, 2)
-        if bs is not None and bias_scales[l] != 0.0:
-            h = torch.baddbmm((bs[l] * bias_scales[l]).unsqueeze(1).expand(c, x.shape[0], -1), a, w,
-                              alpha=scales[l])
-        else:
-            h = torch.bmm(a, w)
-            if scales[l] != 1.0:
-                h = h * scales[l]
-        hs.append(h)
-        if l < depth - 1:
-            a = phi(h)
-    n = x.shape[0]
-    na, nb = (n, n) if n1 is None else (n1, n - n1)
-    shape = {"full": (na, nb, k, k), "trace": (na, nb), "per_output": (na, nb, k)}[outputs]
-    out = torch.zeros((c, depth, 2) + shape, dtype=x.dtype, device=x.device)
-    eye = torch.eye(k, dtype=x.dtype, device=x.device)
-    delta = eye.expand(c, n, k, k)  # delta^L = d f_k / d h^L
-    dphi_args = (phi.name, phi.negative_slope, phi.beta, phi.threshold)
-    for l in range(depth - 1, -1, -1):
-        a = x.expand(c, *x.shape) if l == 0 else phi(hs[l - 1])
-        if n1 is None:
-            a1 = a2 = a
-            d1 = d2 = delta
-        else:
-            a1, a2, d1, d2 = a[:, :n1], a[:, n1:], delta[:, :n1], delta[:, n1:]
-        width = delta.shape[-1]
-        if outputs == "trace":
-            dg = torch.bmm(d1.reshape(c, na, k * width), d2.reshape(c, nb, k * width).transpose(1, 2))
-        elif outputs == "per_output":
-            dg = torch.einsum("sikn,sjkn->sijk", d1, d2)
-        else:
-            dg = torch.einsum("sikn,sjln->sijkl", d1, d2)
-        extra = (None,) * (dg.dim() - 3)
-        ws2, bs2 = scales[l] ** 2, bias_scales[l] ** 2
-        if ws2 != 0.0:
-            ag = torch.bmm(a1, a2.transpose(1, 2))
-            out[:, l, 0] = (ws2 * ag)[(...,) + extra] * dg
-        if bs2 != 0.0:
-            out[:, l, 1] = bs2 * dg
+    Returns (grams, dphis): grams (L, C, Na, Nb) holds <a^{l-1}, a'^{l-1}>, the
+    Gram of layer l's inputs (a^{-1} = x); dphis[l] (C, N, n_{l+1}) is
+    c_{l+1} phi'(h^l) for each hidden layer l, the factor of the backward
+    pass. Each activation is dropped once its Gram is taken. The output
+    layer's forward is not needed and not computed."""
+    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
+    na = n if n1 is None else n1
+    nb = n - na if n1 is not None else n
+    grams = torch.empty((depth, c, na, nb), dtype=x.dtype, device=x.device)
+    grams[0] = x[:na] @ x[n - nb:].T
+    relu = phi.name == "relu"
+    dphis = []
+    w0 = ws[0]
+    # layer 0 as one GEMM for all inits: (C n_1, n_0) @ (n_0, N)
+    h = (w0.reshape(-1, w0.shape[2]) @ x.T).reshape(c, w0.shape[1], n).transpose(1, 2)
+    for l in range(depth - 1):
         if l > 0:
-            back = torch.bmm(delta.reshape(c, n * k, width), ws[l]).reshape(c, n, k, -1)
-            dphi = activation_derivative(hs[l - 1], *dphi_args)
-            delta = back * (scales[l] * dphi).unsqueeze(2)
-        hs[l] = None
-    return out
+            h = torch.bmm(a, ws[l].transpose(1, 2))
+        if scales[l] != 1.0:
+            h.mul_(scales[l])
+        if bs is not None and bias_scales[l] != 0.0:
+            h.add_(bs[l].unsqueeze(1), alpha=bias_scales[l])
+        if relu:  # phi' and phi in place, without the generic path's temporaries
+            dphi = (h > 0).to(h.dtype)
+            a = h.clamp_min_(0.0)
+        else:
+            dphi = activation_derivative(h, *phi.op_args())
+            a = phi(h)
+        if scales[l + 1] != 1.0:
+            dphi.mul_(scales[l + 1])
+        dphis.append(dphi)
+        torch.bmm(a[:, :na], a[:, n - nb:].transpose(1, 2), out=grams[l + 1])
+    return grams, dphis
+
+
+def _delta_gram(delta: torch.Tensor, na: int, outputs: str, out: torch.Tensor) -> None:
+    """<delta_i, delta'_j> of (C, N, K, n) signals into out (C, Na, Nb, ...)."""
+    c, n, k, width = delta.shape
+    d1, d2 = delta[:, :na], delta[:, n - out.shape[2]:]
+    if outputs == "trace":
+        torch.bmm(d1.reshape(c, na, k * width), d2.reshape(c, -1, k * width).transpose(1, 2), out=out)
+    elif outputs == "per_output":
+        out.copy_(torch.einsum("sikn,sjkn->sijk", d1, d2))
+    else:
+        out.copy_(torch.einsum("sikn,sjln->sijkl", d1, d2))
+
+
+def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None,
+                   k: int, outputs: str, layerwise: bool = True) -> torch.Tensor:
+    """The NTK of C stacked networks: (C, L, 2, *kernel_shape) layerwise terms
+    (weight, bias), or (C, *kernel_shape) totals with ``layerwise=False``.
+
+    ws[l] (C, n_{l+1}, n_l), bs[l] (C, n_{l+1}) or None; x is (N, n_0); n1 is
+    None for Theta(x, x), else the split point of x = [x1; x2]."""
+    grams, dphis = _forward(ws, bs, scales, bias_scales, phi, x, n1)
+    return _backward(ws, grams, dphis, scales, bias_scales, x, n1, k, outputs, layerwise)
+
+
+def _backward(ws, grams: torch.Tensor, dphis: list, scales, bias_scales, x: torch.Tensor, n1: int | None, k: int,
+              outputs: str, layerwise: bool) -> torch.Tensor:
+    """The backward pass and the layer terms of :func:`_chunk_kernels`, from
+    :func:`_forward`'s grams[:L] and dphis[:L - 1] (L = len(ws), which may be
+    a prefix of a deeper forward pass). Entries of the list ``dphis`` are
+    released as they are used."""
+    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
+    na = n if n1 is None else n1
+    nb = grams.shape[3]
+    extra = {"full": (k, k), "trace": (), "per_output": (k,)}[outputs]
+    dgs = torch.empty((depth, c, na, nb) + extra, dtype=x.dtype, device=x.device)
+    # delta^{L-1} = d f / d h^{L-1}: the output layer's weight rows, times phi'
+    delta = ws[-1].unsqueeze(1).expand(c, n, k, ws[-1].shape[2])
+    top = dgs[depth - 1]
+    if outputs == "trace":
+        top.fill_(float(k))
+    else:
+        top.copy_(torch.ones(()) if outputs == "per_output" else torch.eye(k, dtype=x.dtype, device=x.device))
+    for l in range(depth - 1, 0, -1):
+        if l < depth - 1:
+            delta = torch.bmm(delta.reshape(c, n * k, -1), ws[l]).reshape(c, n, k, -1)
+        delta = delta * dphis[l - 1].unsqueeze(2)
+        dphis[l - 1] = None
+        _delta_gram(delta, na, outputs, dgs[l - 1])
+    # all layers' epilogues at once: weight term c_l^2 <a, a'> <d, d'>, bias term beta_l^2 <d, d'>
+    w2 = torch.tensor([s * s for s in scales[:depth]], dtype=x.dtype, device=x.device)
+    b2 = torch.tensor([s * s for s in bias_scales[:depth]], dtype=x.dtype, device=x.device)
+    pad = (None,) * (len(extra) + 3)
+    wterm = (grams[:depth] * w2[(...,) + pad[:3]])[(...,) + (None,) * len(extra)] * dgs
+    if not layerwise:
+        return wterm.add_(dgs * b2[(...,) + pad]).sum(0)
+    return torch.stack([wterm, dgs * b2[(...,) + pad]], 2).transpose(0, 1)
 
 
 def ensemble_ntk(
@@ -462,7 +524,9 @@ def ensemble_ntk(
     progress: bool | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
-) -> EnsembleStats:
+    threads: int | None = None,
+    depths: Sequence[int] | None = None,
+) -> EnsembleStats | dict[int, EnsembleStats]:
     """Statistics of the empirical NTK Theta(x1, x2) over independent inits.
 
     Parameters
@@ -489,10 +553,24 @@ def ensemble_ntk(
         on the CPU, as :class:`fastntk.MLP` draws them, then moved.
     dtype : float64 (default) or float32 for the network and kernels;
         statistics are accumulated in float64 either way.
+    threads : threads drawing the weights, one seed per thread at a time
+        (default: ``torch.get_num_threads()``); the draw of the next chunk
+        overlaps the kernels of the current one, which run on one intra-op
+        thread (``torch.set_num_threads(1)`` for the duration of the call).
+    depths : None for the network ``widths``; or a sweep: numbers of hidden
+        layers d (0 <= d <= len(widths) - 2), the network of depth d being
+        ``MLP(widths[:d + 1] + [widths[-1]], ..., seed=s)``, the first d
+        hidden layers of ``widths`` then an output layer. ``MLP`` draws its
+        layers in order from one generator, so all depths share their hidden
+        layers bit for bit (each output layer is drawn from a copy of the
+        generator after d hidden layers): the weights are drawn and the
+        forward pass runs once, for the deepest network; only the backward
+        pass is per depth. ``chunk`` then counts inits of the deepest network.
 
     Returns
     -------
-    :class:`EnsembleStats`.
+    :class:`EnsembleStats`; with ``depths``, a dict {d: EnsembleStats} in the
+    order of ``depths``, ``settings["widths"]`` being the network of depth d.
 
     Raises
     ------
@@ -500,6 +578,16 @@ def ensemble_ntk(
         Naming the argument, for invalid input.
     """
     widths = _check_widths(widths)
+    max_depth = len(widths) - 2
+    sweep = depths is not None
+    depths = depths if sweep else [max_depth]
+    if isinstance(depths, (int, np.integer)) or not hasattr(depths, "__iter__"):
+        raise TypeError(f"depths must be a sequence of numbers of hidden layers; got {depths!r}")
+    depths = list(depths)
+    if not depths or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d <= max_depth
+                         for d in depths) or len(set(depths)) != len(depths):
+        raise ValueError(f"depths must be distinct ints in [0, {max_depth}] (hidden layers of widths = {widths}); "
+                         f"got {depths!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
     if parametrization not in PARAMETRIZATIONS:
@@ -535,25 +623,51 @@ def ensemble_ntk(
         chunk = max(1, min(len(seeds), CHUNK_BYTES // per_init))
     elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (inits per batched call) or None; got {chunk!r}")
+    if threads is None:
+        threads = torch.get_num_threads()
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int (threads drawing the weights) or None; got {threads!r}")
     starts = list(range(0, len(seeds), chunk))
-    bar = progress_bar(progress, len(seeds), f"ensemble NTK {len(widths) - 1} layers", worth_it=len(starts) > 1,
-                       unit="init")
+    label = f"{len(widths) - 1} layers" if len(depths) == 1 else f"depths {min(depths)}..{max(depths)}"
+    bar = progress_bar(progress, len(seeds), f"ensemble NTK {label}", worth_it=len(starts) > 1, unit="init")
     phi = Activation(activation)
-    acc = _Accumulator(layerwise, levels, keep, len(seeds))
+    accs = {d: _Accumulator(layerwise, levels, keep, len(seeds)) for d in depths}
+
+    def draw(start: int):
+        ws, bs, heads = _draw(widths, depths, seeds[start:start + chunk], parametrization=parametrization,
+                              sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, threads=threads)
+
+        def moved(ts):
+            return None if ts is None else [t.to(device=device, dtype=dtype) for t in ts]
+
+        return moved(ws), moved(bs), {d: moved(h if bias else h[:1]) for d, h in heads.items()}
+
+    # drawing the weights is most of the cost: the next chunk is drawn in the
+    # background while this chunk's kernels run
+    # the batched GEMMs are tiny: intra-op threads only contend with the
+    # drawing threads (measured many times slower on a loaded machine)
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        with torch.no_grad():
-            for start in starts:
-                part = seeds[start:start + chunk]
-                ws, bs = init_weights(widths, part, parametrization=parametrization, sigma_w=sigma_w,
-                                      sigma_b=sigma_b, bias=bias)
-                ws = [w.to(device=device, dtype=dtype) for w in ws]
-                bs = None if bs is None else [b.to(device=device, dtype=dtype) for b in bs]
-                lw = _chunk_kernels(ws, bs, scales, bias_scales, phi, x, n1, k, outputs)
-                acc.add(lw if layerwise else lw.sum((1, 2)))
-                bar.update(len(part))
+        with torch.no_grad(), ThreadPoolExecutor(1) as drawer:
+            pending = drawer.submit(draw, starts[0])
+            for i, start in enumerate(starts):
+                ws, bs, heads = pending.result()
+                if i + 1 < len(starts):
+                    pending = drawer.submit(draw, starts[i + 1])
+                deepest = max(depths)
+                grams, dphis = _forward(ws[:deepest] + heads[deepest][:1], bs, scales, bias_scales, phi, x, n1)
+                for d in depths:
+                    accs[d].add(_backward(ws[:d] + heads[d][:1], grams, dphis[:d], scales, bias_scales, x, n1,
+                                          k, outputs, layerwise))
+                del ws, bs, heads, grams, dphis
+                bar.update(min(chunk, len(seeds) - start))
     finally:
+        torch.set_num_threads(intra_op)
         bar.close()
-    settings = {"widths": widths, "activation": activation, "parametrization": parametrization,
+    settings = {"activation": activation, "parametrization": parametrization,
                 "sigma_w": sigma_w, "sigma_b": sigma_b, "bias": bias, "outputs": outputs,
-                "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk}
-    return acc.result(seeds, settings)
+                "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk,
+                "threads": threads}
+    stats = {d: accs[d].result(seeds, {"widths": widths[:d + 1] + [k], **settings}) for d in depths}
+    return stats if sweep else stats[max_depth]

@@ -57,6 +57,102 @@ def test_equals_plain_loop(param, sigma_b, outputs, k, activation, cross):
     assert _rel(st.quantiles, torch.quantile(ks, levels, dim=0)) < 1e-10
 
 
+def _torch_func_ntk(net, x1, x2):
+    """(N1, N2, K, K) NTK of one network from torch.func Jacobians, float64: the
+    independent reference."""
+    params = {name: p.detach() for name, p in net.named_parameters()}
+
+    def jac(x):
+        return torch.func.jacrev(lambda p: torch.func.functional_call(net, p, (x,)))(params)
+
+    j1, j2 = jac(x1), jac(x2)
+    return sum(torch.einsum("ik...,jl...->ijkl", j1[name].flatten(2), j2[name].flatten(2)) for name in params)
+
+
+@pytest.mark.parametrize("widths", [[4, 3], [4, 6, 2], [4, 5, 5, 5, 5, 3]])
+@pytest.mark.parametrize("activation,param,bias,sigma_b", [
+    ("relu", "ntk", True, 0.2),
+    ("relu", "standard", False, 0.0),
+    ("tanh", "standard", True, 0.3),
+    ("leaky_relu", "ntk", False, 0.0),
+    ("softplus", "standard", True, 0.0),
+])
+def test_totals_equal_torch_func(widths, activation, param, bias, sigma_b):
+    """The fused (non-layerwise) totals, per init, against torch.func on the same
+    MLPs: depths 1, 2, 5; K = 3 and 2; with and without bias; both
+    parametrizations; 5 inits in chunks of 2 (a partial last chunk)."""
+    g = torch.Generator().manual_seed(7)
+    x1 = torch.randn(3, 4, generator=g, dtype=F64)
+    x2 = torch.randn(2, 4, generator=g, dtype=F64)
+    seeds = [0, 8, 1, 5, 12]
+    kw = dict(activation=activation, parametrization=param, sigma_w=1.4, sigma_b=sigma_b, bias=bias)
+    nets = [fastntk.MLP(widths, seed=s, dtype=F64, **kw) for s in seeds]
+    ref = torch.stack([_torch_func_ntk(net, x1, x2) for net in nets])
+    refs = {"full": ref, "per_output": torch.diagonal(ref, dim1=3, dim2=4), "trace": torch.einsum("sijkk->sij", ref)}
+    for outputs, want in refs.items():
+        st = ensemble_ntk(widths, x1, x2, seeds=seeds, outputs=outputs, chunk=2, keep=True, threads=2, **kw)
+        assert st.kernels.shape == want.shape
+        assert _rel(st.kernels, want) < 1e-10, outputs
+        assert _rel(st.mean, want.mean(0)) < 1e-10, outputs
+    # x2 = x1: the symmetric path
+    want = torch.stack([_torch_func_ntk(net, x1, x1) for net in nets])
+    st = ensemble_ntk(widths, x1, seeds=seeds, outputs="full", chunk=3, keep=True, threads=1, **kw)
+    assert _rel(st.kernels, want) < 1e-10
+
+
+def test_threads_and_chunks_change_nothing():
+    """Drawing on several threads, pipelined with the kernels, and any chunking
+    give bit-identical kernels (each init is drawn and computed alone)."""
+    x = torch.eye(6, dtype=F64)[:2]
+    kw = dict(seeds=[4, 0, 9, 2, 7, 3, 11], parametrization="standard", sigma_w=1.3, sigma_b=0.2, keep=True,
+              layerwise=True)
+    one = ensemble_ntk([6, 6, 6, 2], x, threads=1, chunk=7, **kw)
+    for threads, chunk in ((2, 3), (3, 1), (1, 4)):
+        other = ensemble_ntk([6, 6, 6, 2], x, threads=threads, chunk=chunk, **kw)
+        assert torch.equal(other.kernels, one.kernels), (threads, chunk)
+    ws1, bs1 = init_weights([6, 6, 2], [3, 1, 2], sigma_b=0.5, threads=1)
+    ws3, bs3 = init_weights([6, 6, 2], [3, 1, 2], sigma_b=0.5, threads=3)
+    assert all(torch.equal(a, b) for a, b in zip(ws1 + bs1, ws3 + bs3))
+
+
+@pytest.mark.parametrize("activation,param,bias,sigma_b,k,outputs", [
+    ("relu", "standard", True, 0.0, 1, "trace"),
+    ("tanh", "ntk", True, 0.3, 2, "full"),
+    ("gelu", "standard", False, 0.0, 3, "per_output"),
+])
+def test_depth_sweep_equals_one_ensemble_per_depth(activation, param, bias, sigma_b, k, outputs):
+    """Each depth of the sweep is the ensemble of MLP(widths[:d + 1] + [K], seed=s):
+    same kernels and statistics, shared hidden layers, per-depth output layers;
+    depths unordered, with 0 and the deepest, 7 inits in chunks of 3."""
+    g = torch.Generator().manual_seed(3)
+    widths = [5, 6, 7, 6, 6, k]
+    x1 = torch.randn(3, 5, generator=g, dtype=F64)
+    x2 = torch.randn(2, 5, generator=g, dtype=F64)
+    kw = dict(seeds=[2, 9, 4, 0, 13, 5, 1], activation=activation, parametrization=param, sigma_w=1.2,
+              sigma_b=sigma_b, bias=bias, outputs=outputs, layerwise=True, keep=True)
+    depths = [3, 0, 4, 1]
+    sweep = ensemble_ntk(widths, x1, x2, depths=depths, chunk=3, **kw)
+    assert list(sweep) == depths
+    for d in depths:
+        net = widths[:d + 1] + [k]
+        one = ensemble_ntk(net, x1, x2, chunk=7, **kw)
+        assert sweep[d].settings["widths"] == net and sweep[d].kernels.shape == one.kernels.shape
+        assert _rel(sweep[d].kernels, one.kernels) < 1e-12, d
+        torch.testing.assert_close(sweep[d].dispersion, one.dispersion, rtol=1e-12, atol=0, equal_nan=True)
+    # and, independently of ensemble_ntk, against the loop over the MLPs of two depths
+    net_kw = dict(activation=activation, parametrization=param, sigma_w=1.2, sigma_b=sigma_b, bias=bias)
+    for d in (1, 3):
+        ks, lws = _loop(widths[:d + 1] + [k], x1, x2, kw["seeds"], outputs, **net_kw)
+        assert _rel(sweep[d].kernels, lws) < 1e-10 and _rel(sweep[d].samples, ks) < 1e-10, d
+
+
+@pytest.mark.parametrize("depths,word", [([5], "depths"), ([1, 1], "depths"), ([-1], "depths"), (3, "depths"),
+                                         ([], "depths"), ([True], "depths")])
+def test_depth_sweep_bad_depths(depths, word):
+    with pytest.raises((TypeError, ValueError), match=word):
+        ensemble_ntk([4, 4, 4, 1], torch.eye(4, dtype=F64)[:2], depths=depths, seeds=2)
+
+
 def test_streaming_matches_one_chunk_and_no_keep():
     x = torch.eye(8, dtype=F64)[:3]
     kw = dict(seeds=37, activation="relu", parametrization="standard", sigma_w=1.5)
@@ -161,6 +257,8 @@ def test_progress_bar(capsys):
     (dict(quantiles=[0.5, 2.0]), ValueError, "quantiles"),
     (dict(progress="yes"), TypeError, "progress"),
     (dict(dtype=torch.float16), TypeError, "dtype"),
+    (dict(threads=0), ValueError, "threads"),
+    (dict(threads=1.5), ValueError, "threads"),
 ])
 def test_bad_arguments(kwargs, exc, word):
     x = torch.eye(4, dtype=F64)[:2]

@@ -82,20 +82,37 @@ def per_init_layerwise(widths, x, seeds, sigma_w2s, *, activation, parametrizati
                        device, chunk) -> dict:
     """{sigma_w2: (S, L, 2, N, N) per-init layerwise trace kernels}, using the
     homogeneity scaling when exact, else one ensemble per sigma_w2."""
-    L = len(widths) - 1
-    common = dict(seeds=seeds, activation=activation, parametrization=parametrization, sigma_b=sigma_b,
-                  outputs="trace", layerwise=True, keep=True, quantiles=None, progress=False,
+    depth = len(widths) - 2
+    return dict(per_init_layerwise_depths(widths, [depth], x, seeds, sigma_w2s, activation=activation,
+                                          parametrization=parametrization, sigma_b=sigma_b, device=device,
+                                          chunk=chunk))[depth]
+
+
+def per_init_layerwise_depths(widths, depths, x, seeds, sigma_w2s, *, activation, parametrization, sigma_b,
+                              device, chunk, progress=False):
+    """Yields (depth, {sigma_w2: (S, depth + 1, 2, N, N) per-init layerwise trace
+    kernels}) for each depth (hidden layers) of ``widths``'s sweep
+    (:func:`fastntk.ensemble.ensemble_ntk` with ``depths``: the weights drawn and the
+    forward pass run once for all depths), using the homogeneity scaling when
+    exact, else one sweep per sigma_w2. ``progress``: the ensemble's bar over inits."""
+    common = dict(depths=depths, seeds=seeds, activation=activation, parametrization=parametrization,
+                  sigma_b=sigma_b, outputs="trace", layerwise=True, keep=True, quantiles=None, progress=progress,
                   device=device, chunk=chunk)
-    if homogeneous(activation, parametrization, sigma_b):
-        base = ensemble_ntk(widths, x, sigma_w=1.0, **common).kernels  # (S, L, 2, N, N)
+    if not homogeneous(activation, parametrization, sigma_b):
+        per_v = {v: ensemble_ntk(widths, x, sigma_w=math.sqrt(v), **common) for v in sigma_w2s}
+        for d in depths:
+            yield d, {v: per_v[v][d].kernels for v in sigma_w2s}
+        return
+    base = ensemble_ntk(widths, x, sigma_w=1.0, **common)
+    for d in depths:
+        L = d + 1
         out = {}
         for v in sigma_w2s:
             f = torch.empty(L, 2, dtype=torch.float64)
             f[:, 0] = v ** (L - 1)
             f[:, 1] = torch.tensor([v ** (L - l) for l in range(1, L + 1)], dtype=torch.float64)
-            out[v] = base * f[None, :, :, None, None]
-        return out
-    return {v: ensemble_ntk(widths, x, sigma_w=math.sqrt(v), **common).kernels for v in sigma_w2s}
+            out[v] = base[d].kernels * f[None, :, :, None, None]
+        yield d, out
 
 
 def infinite_ntk(x, n_layers, activation, sigma_w2, sigma_b, parametrization, width):

@@ -15,7 +15,7 @@ from .._progress import progress_bar
 from ..ensemble import bootstrap_dispersion, ensemble_stats
 from . import figures
 from .at_init import (ICML_SIGMA_W2, NETWORK_HELP, add_network_arguments, infinite_ntk, network_settings,
-                      per_init_layerwise, phase_of, sphere_inputs)
+                      per_init_layerwise_depths, phase_of, sphere_inputs)
 from .registry import Experiment, flatten
 from .tables import check_network, check_rows, float_list, int_list
 
@@ -77,10 +77,11 @@ def dispersion(
     bar = progress_bar(progress, len(widths) * len(depths), "dispersion", worth_it=len(widths) * len(depths) > 1)
     for width in widths:
         x = sphere_inputs(width, cosines)
-        for depth in depths:
-            net = [width] * (depth + 1) + [1]
-            per = per_init_layerwise(net, x, seeds, sigma_w2s, activation=activation,
-                                     parametrization=parametrization, sigma_b=sigma_b, device=device, chunk=chunk)
+        # one sweep per width: the depths share their first layers (same seeds)
+        sweep = per_init_layerwise_depths([width] * (max(depths) + 1) + [1], list(dict.fromkeys(depths)), x, seeds,
+                                          sigma_w2s, activation=activation, parametrization=parametrization,
+                                          sigma_b=sigma_b, device=device, chunk=chunk, progress=progress)
+        for depth, per in sweep:
             for v in sigma_w2s:
                 t = per[v].sum((1, 2))[:, 0, 1:]  # (S, n_cosines): Theta(x_0, x_c)
                 st = ensemble_stats(t, quantiles=None)
