@@ -56,6 +56,9 @@ ACTIVATIONS = ("relu", "sigmoid")
 DEFAULT_CHI1 = (0.5, 1.0, 1.5)
 DEFAULT_DEPTHS = (1, 3, 6, 10)
 DEFAULT_SIGMA_B = 0.5
+#: sigma_w2_at_chi1(activation, chi, 0.5) for chi in DEFAULT_CHI1, solved once
+#: (a test checks them): the sigmoid's root finding takes seconds.
+_SOLVED = {("relu", 0.5): (1.0, 2.0, 3.0), ("sigmoid", 0.5): (25.46, 103.6, 238.7)}
 
 
 def sigma_w2_at_chi1(activation: str, chi: float, sigma_b: float = DEFAULT_SIGMA_B) -> float:
@@ -68,6 +71,13 @@ def sigma_w2_at_chi1(activation: str, chi: float, sigma_b: float = DEFAULT_SIGMA
 
     v = math.exp(brentq(f, math.log(1e-3), math.log(1e5), xtol=1e-10))
     return float(f"{v:.4g}")
+
+
+def default_sigma_w2(activation: str, sigma_b: float = DEFAULT_SIGMA_B) -> list[float]:
+    """The sigma_w^2 values at which chi_1 = :data:`DEFAULT_CHI1` (ordered,
+    edge of chaos, chaotic), 4 significant digits."""
+    solved = _SOLVED.get((activation, float(sigma_b)))
+    return list(solved) if solved else [sigma_w2_at_chi1(activation, chi, sigma_b) for chi in DEFAULT_CHI1]
 
 
 def _phase(activation: str, sigma_w2: float, sigma_b: float) -> str:
@@ -103,17 +113,17 @@ def _train(model, x, y, n_steps: int, lr: float) -> None:
         opt.step()
 
 
-def _setting(activation, sigma_w2, depth, data, *, width, sigma_b, n_inits, seed, n_steps, lr_scale, bar):
+def _setting(activation, sigma_w2, depth, data, *, width, sigma_b, n_inits, seed, n_steps, lr_scale, device, bar):
     """One (activation, sigma_w^2, depth): the row of the table."""
-    x, y, xt, yt = data
+    x, y, xt, yt = (t.to(device) for t in data)
     x_all = torch.cat([x, xt])
     n = len(y)
     widths = [x.shape[1]] + [width] * depth + [1]
     net = dict(activation=activation, parametrization="standard", sigma_w=math.sqrt(sigma_w2), sigma_b=sigma_b)
     seeds = [seed + i for i in range(n_inits)]
-    models = [MLP(widths, seed=s, dtype=torch.float64, **net) for s in seeds]
-    kernels0 = [ntk(m, x_all, outputs="trace") for m in models]
-    theta_inf = infinite.ntk(x_all, depth=depth + 1, widths=widths[1:-1], **net)
+    models = [MLP(widths, seed=s, dtype=torch.float64, device=device, **net) for s in seeds]
+    kernels0 = [ntk(m, x_all, outputs="trace").cpu() for m in models]
+    theta_inf = infinite.ntk(x_all.cpu(), depth=depth + 1, widths=widths[1:-1], **net)
     lam_max = max(torch.linalg.eigvalsh(k[:n, :n]).max().item() for k in kernels0)
     lr = lr_scale * n / lam_max
     loss0 = [0.5 * ((m(x)[:, 0] - y) ** 2).mean().item() for m in models]
@@ -123,10 +133,11 @@ def _setting(activation, sigma_w2, depth, data, *, width, sigma_b, n_inits, seed
     with torch.no_grad():
         f_net = torch.stack([m(xt)[:, 0] for m in models])  # (S, M)
         loss = [0.5 * ((m(x)[:, 0] - y) ** 2).mean().item() for m in models]
-    kernels = [ntk(m, x_all, outputs="trace") for m in models]
+    kernels = [ntk(m, x_all, outputs="trace").cpu() for m in models]
     pred = ntk_predict_ensemble(widths, x, y, xt, t=[n_steps], seeds=seeds, lr=lr, method="gd", progress=False,
-                                **net)
+                                device=device, **net)
     f_ntk = pred.test[:, 0, :, 0]  # (S, M)
+    f_net, yt = f_net.cpu(), yt.cpu()
     dist = [_rel(k, theta_inf) for k in kernels0]
     change = [_rel(k, k0) for k, k0 in zip(kernels, kernels0)]
     gap = [_rel(a, b) for a, b in zip(f_net, f_ntk)]
@@ -160,6 +171,7 @@ def regime(
     sigma_b: float = DEFAULT_SIGMA_B,
     seed: int = 0,
     progress: bool | None = None,
+    device: torch.device | str | None = None,
 ) -> list[dict]:
     """Kernel distance from the infinite-width NTK at init, kernel change in
     training, network vs NTK predictor, per activation, sigma_w^2 and depth.
@@ -171,7 +183,7 @@ def regime(
     sigma_w2 : a {activation: [sigma_w^2, ...]} dict, or one list for every
         activation, or None for the values at which chi_1 =
         :data:`DEFAULT_CHI1` (ordered, edge of chaos, chaotic) per activation
-        (:func:`sigma_w2_at_chi1`).
+        (:func:`default_sigma_w2`).
     width : hidden width; dim : input dimension (inputs on the unit sphere).
     n_train, n_test : sizes of the regression task (:func:`regime_data`).
     n_inits : random inits per setting (init i has seed ``seed + i``).
@@ -182,6 +194,7 @@ def regime(
         With sigma_b = 0 a ReLU network in the ordered phase starts with a
         signal that vanishes with depth, which trained biases then swamp.
     progress : tqdm bar over trained networks (None: on a terminal).
+    device : where the networks train and their kernels are computed (default CPU).
 
     Returns
     -------
@@ -204,7 +217,7 @@ def regime(
     depths = int_list("depths", depths, 1)
     sigma_b = check_number("sigma_b", sigma_b, 0.0)
     if sigma_w2 is None:
-        grid = {a: [sigma_w2_at_chi1(a, chi, sigma_b) for chi in DEFAULT_CHI1] for a in activations}
+        grid = {a: default_sigma_w2(a, sigma_b) for a in activations}
     elif isinstance(sigma_w2, dict):
         missing = [a for a in activations if a not in sigma_w2]
         if missing:
@@ -227,7 +240,8 @@ def regime(
             for v in grid[a]:
                 for depth in depths:
                     rows.append(_setting(a, v, depth, data, width=width, sigma_b=sigma_b, n_inits=n_inits,
-                                         seed=seed, n_steps=n_steps, lr_scale=lr_scale, bar=bar))
+                                         seed=seed, n_steps=n_steps, lr_scale=lr_scale, device=device,
+                                         bar=bar))
     finally:
         bar.close()
     return rows
@@ -298,3 +312,94 @@ def summary_lines(rows: list[dict]) -> list[str]:
                          f"training {r['kernel_change']:.3g}, network vs NTK predictor {r['output_gap']:.3g}, "
                          f"train loss ratio {r['loss_ratio']:.3g}")
     return lines
+
+
+DESCRIPTION = """\
+When is a finite network in the NTK regime? (Seleznova & Kutyniok,
+"Analyzing Finite Neural Networks: Can We Trust Neural Tangent Kernel
+Theory?", MSML 2021, arXiv 2012.04477.) For MLPs in standard
+parametrization (W ~ N(0, sigma_w^2/fan_in), b ~ N(0, sigma_b^2), biases
+trained), per activation, sigma_w^2 and depth, over N_INITS random inits:
+
+  - the distance of the empirical NTK at init from the infinite-width kernel
+    (fastntk.infinite.ntk at these widths): ||Theta_0 - Theta_inf|| / ||Theta_inf||;
+  - its relative change after STEPS steps of full-batch gradient descent on
+    the squared loss: ||Theta_T - Theta_0|| / ||Theta_0||;
+  - the trained network's test outputs next to the NTK predictor's (the
+    linearized network trained the same way, in closed form,
+    fastntk.ntk_predict_ensemble): ||f_net - f_NTK|| / ||f_NTK||, and the
+    variance over inits of both;
+  - the training loss after / before (trainability).
+
+The task: N_TRAIN training and N_TEST test points uniform on the unit sphere
+in R^DIM, target sin(2 z_1) + cos(z_2) / 2 with z = sqrt(DIM) <x, u> for
+two random directions u. The learning rate is LR_SCALE * N_TRAIN / the
+largest eigenvalue of the train kernel at init (the largest over inits):
+the same fraction of gradient descent's stability limit in every setting.
+
+The paper's finding: deep networks initialised in the chaotic phase
+(exploding gradients) have a random kernel at init, far from the
+infinite-width one, that changes a lot in training, so NTK theory does not
+describe them; in the ordered phase (vanishing gradients) the kernel stays
+close to its limit and barely moves, but deep networks become untrainable.
+
+By default each activation gets the sigma_w^2 at which chi_1 = 0.5
+(ordered), 1 (edge of chaos) and 1.5 (chaotic): 1, 2, 3 for ReLU; about 25,
+104, 239 for the sigmoid (with sigma_b = 0.5). With sigma_b = 0 the
+ordered ReLU network's signal vanishes with depth and its trained biases
+move the kernel a lot: the ordered phase then looks the least lazy.
+
+Writes regime.csv (one row per activation, sigma_w^2 and depth: medians
+over inits and their range, variances, test errors), regime.png and
+regime.json into --out.
+
+Defaults: --activation relu sigmoid --depths 1 3 6 10 --width 64 --dim 16
+--n-train 32 --n-test 32 --inits 4 --steps 300 --lr-scale 0.5
+--sigma-b 0.5 (about 3 minutes on 2 shared CPU cores). The paper's full
+setting: ReLU and sigmoid networks, depths up to tens of layers, widths in
+the hundreds to thousands, many inits, on MNIST-sized data and long
+training (raise --width, --depths, --inits, --steps; best on a GPU).
+
+examples:
+  fastntk run regime --out results/
+  fastntk run regime --activation relu --depths 1:20:3 --width 256 --inits 10 --out results/
+  fastntk run regime --activation tanh --sigma-w2 0.5 1 2 --out results/
+"""
+
+
+def _add_arguments(parser) -> None:
+    parser.add_argument("--activation", nargs="+", action="extend", default=None, metavar="NAME",
+                        help="activations (default: relu sigmoid)")
+    add_list_argument(parser, "--depths", int, "D", "hidden layers, numbers or ranges (default 1 3 6 10)")
+    add_list_argument(parser, "--sigma-w2", float, "V", "sigma_w^2 values for every activation (default: those "
+                      "at chi_1 = 0.5, 1, 1.5 per activation)")
+    parser.add_argument("--width", type=int, default=64, help="hidden width (default: %(default)s)")
+    parser.add_argument("--dim", type=int, default=16, help="input dimension (default: %(default)s)")
+    parser.add_argument("--n-train", type=int, default=32, help="training points (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=32, help="test points (default: %(default)s)")
+    parser.add_argument("--inits", type=int, default=4, help="random inits per setting (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=300, help="gradient descent steps (default: %(default)s)")
+    parser.add_argument("--lr-scale", type=float, default=0.5,
+                        help="learning rate as a fraction of N / lambda_max(Theta_0), < 2 (default: %(default)s)")
+    parser.add_argument("--sigma-b", type=float, default=DEFAULT_SIGMA_B,
+                        help="bias standard deviation at init (default: %(default)s)")
+
+
+def _run(args):
+    settings = dict(activations=args.activation or list(ACTIVATIONS),
+                    depths=flatten(args.depths) or list(DEFAULT_DEPTHS), sigma_w2=flatten(args.sigma_w2),
+                    width=args.width, dim=args.dim, n_train=args.n_train, n_test=args.n_test, n_inits=args.inits,
+                    n_steps=args.steps, lr_scale=args.lr_scale, sigma_b=args.sigma_b, seed=args.seed,
+                    device=args.device)
+    rows = regime(**settings, progress=False if args.no_progress else None)
+    settings["sigma_w2"] = {a: sorted({r["sigma_w2"] for r in rows if r["activation"] == a})
+                            for a in settings["activations"]}
+    print("\n".join(summary_lines(rows)))
+    return rows, settings, {"png": plot_regime(rows, os.path.join(args.out, "regime.png"))}
+
+
+EXPERIMENT = Experiment(
+    name="regime",
+    summary="in or out of the NTK regime: kernel at init vs infinite width, kernel change, network vs NTK "
+            "predictor, per phase and depth",
+    description=DESCRIPTION, add_arguments=_add_arguments, run=_run)

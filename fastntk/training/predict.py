@@ -126,7 +126,8 @@ def closed_form(theta: torch.Tensor, cross: torch.Tensor | None, f0: torch.Tenso
     eta = lr / n
     top = lam[..., -1].max().item()
     if method == "gd" and any(math.isinf(s) for s in times) and eta * top >= 2:
-        raise ValueError(f"gradient descent diverges at lr = {lr:g}: lr * lambda_max / N = "
+        where = "" if lam.dim() == 1 else " (lambda_max: the largest over the inits)"
+        raise ValueError(f"gradient descent diverges at lr = {lr:g}{where}: lr * lambda_max / N = "
                          f"{eta * top:.3g} >= 2; lower lr below {2 * n / top:.4g}")
     batch = f0.shape[:-2]
     # the residual in the eigenbasis, (*B, N K)
