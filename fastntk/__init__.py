@@ -12,7 +12,8 @@ from ._ops import backend, backend_info
 from .models import MLP, Activation, DenseLayer, Erf, MirroredMLP, parse_model
 from .ntk import Outputs, ntk, ntk_diag
 from .scale import KernelRegression, NTKOperator, distributed, eigh, kernel_regression, ntk_operator, ntk_vp
-from .training import LinearizedModel, NTKPrediction, NTKTracker, linearize, ntk_predict
+from .training import (LinearizedModel, NTKPrediction, NTKPredictionEnsemble, NTKTracker, linearize, ntk_predict,
+                       ntk_predict_ensemble)
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,5 @@ __all__ = [
     "ntk", "ntk_diag", "backend", "backend_info", "__version__",
     "ntk_vp", "ntk_operator", "NTKOperator", "eigh", "kernel_regression", "KernelRegression", "distributed",
     "NTKTracker", "linearize", "LinearizedModel", "ntk_predict", "NTKPrediction",
+    "ntk_predict_ensemble", "NTKPredictionEnsemble",
 ]

@@ -240,3 +240,57 @@ def test_divergence_experiment_tiny(tmp_path):
         # the logistic loss keeps pushing the outputs out; the squared loss stops them near the labels +-1
         assert last[("cross_entropy", w)]["output_norm"] > last[("mse", w)]["output_norm"]
         assert last[("cross_entropy", w)]["train_acc"] == 1.0
+
+
+# --- regime (MSML 2021) ---
+
+
+def test_regime_experiment_tiny(tmp_path, capsys):
+    out = tmp_path / "regime"
+    assert main(["run", "regime", "--depths", "6", "--sigma-w2", "1", "3", "--activation", "relu", "--width", "16",
+                 "--dim", "8", "--n-train", "12", "--n-test", "8", "--inits", "3", "--steps", "60",
+                 "--out", str(out), "--no-progress"]) == 0
+    for name in ("regime.csv", "regime.png", "regime.json"):
+        assert (out / name).stat().st_size > 0
+    rows = E.load_csv(str(out / "regime.csv"))
+    assert [(r["sigma_w2"], r["phase"], r["depth"]) for r in rows] == [(1.0, "ordered", 6), (3.0, "chaotic", 6)]
+    rec = json.loads((out / "regime.json").read_text())
+    assert rec["settings"]["sigma_w2"] == {"relu": [1.0, 3.0]} and rec["settings"]["n_steps"] == 60
+    assert "sigma_w^2 = 3 (chaotic), depth 6" in capsys.readouterr().out
+    for r in rows:
+        assert r["kernel_distance_min"] <= r["kernel_distance"] <= r["kernel_distance_max"]
+        assert r["net_test_var"] > 0 and r["ntk_test_var"] > 0 and 0 < r["loss_ratio"] < 1
+    # the direction of the paper's finding, which holds at this tiny size: the chaotic kernel starts further
+    # from the infinite-width one and moves more in training, and the ordered network trains less
+    ordered, chaotic = rows
+    assert chaotic["kernel_distance"] > ordered["kernel_distance"]
+    assert chaotic["kernel_change"] > ordered["kernel_change"]
+    assert ordered["loss_ratio"] > chaotic["loss_ratio"]
+
+
+def test_regime_sigmoid_tiny_and_the_solved_defaults():
+    from fastntk import infinite
+
+    R = E.get("regime").module
+
+    for (activation, sigma_b), values in R._SOLVED.items():
+        chis = [infinite.chi1(activation, math.sqrt(v), sigma_b) for v in values]
+        assert chis == pytest.approx(R.DEFAULT_CHI1, rel=1e-3)
+    ordered, chaotic = R.default_sigma_w2("sigmoid")[0], R.default_sigma_w2("sigmoid")[2]
+    rows = R.regime(["sigmoid"], [6], [ordered, chaotic], width=16, dim=8, n_train=12, n_test=8, n_inits=3,
+                    n_steps=60)
+    assert [r["phase"] for r in rows] == ["ordered", "chaotic"]
+    o, c = rows
+    assert c["kernel_distance"] > 2 * o["kernel_distance"] and c["kernel_change"] > 2 * o["kernel_change"]
+    assert o["loss_ratio"] > c["loss_ratio"]
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    (dict(activations=["swish"]), "activations must be among"), (dict(depths=[0]), "depths"),
+    (dict(sigma_w2={"relu": [1.0]}), "sigma_w2 has no values for the activations"),
+    (dict(sigma_w2=[-1.0]), "sigma_w2"), (dict(lr_scale=2.5), "lr_scale"), (dict(n_inits=1), "n_inits"),
+])
+def test_regime_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        E.regime(**kwargs)
+# --- end regime ---

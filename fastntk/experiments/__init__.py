@@ -15,6 +15,7 @@ CSV, and a ``plot_*`` function writing a PNG (matplotlib, Agg backend):
 - :func:`layer_shares`: each layer's share of Theta(x, x) per phase.
 - :func:`training`: the NTK during training per phase on digits (ICML 2022).
 - :func:`divergence`: cross-entropy vs squared loss, the NTK's drift under long training.
+- :func:`regime`: in or out of the NTK regime per phase and depth (MSML 2021).
 
 Modules: ``tables`` (CSV and argument checks), ``figures`` (shared plotting),
 ``record`` (the JSON run record), ``registry`` (experiments by name),
@@ -49,3 +50,10 @@ __all__ = [
     "layer_shares", "training", "plot_training", "divergence", "plot_divergence", "plot_dispersion", "plot_convergence", "plot_layer_shares", "save_csv", "load_csv",
     "phase_of", "sphere_inputs",
 ]
+
+# --- regime (MSML 2021): registered after the experiments above ---
+registry.register(importlib.import_module(f"{__name__}.regime").EXPERIMENT)
+from .regime import plot_regime, regime  # noqa: E402
+
+__all__ += ["regime", "plot_regime"]
+# --- end regime ---

@@ -56,15 +56,16 @@ class NTKPrediction:
     eigenvalues: torch.Tensor
 
 
-def _flat(kernel: torch.Tensor) -> torch.Tensor:
-    """(N1, N2, K, K) -> (N1 K, N2 K), indexed [i K + k, j K + k']."""
-    n1, n2, k, _ = kernel.shape
-    return kernel.permute(0, 2, 1, 3).reshape(n1 * k, n2 * k).to("cpu", torch.float64)
+def flat_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """(*B, N1, N2, K, K) -> (*B, N1 K, N2 K), indexed [i K + k, j K + k'], float64 on the CPU."""
+    *batch, n1, n2, k, _ = kernel.shape
+    return kernel.transpose(-3, -2).reshape(*batch, n1 * k, n2 * k).to("cpu", torch.float64)
 
 
 def _gain(lam: torch.Tensor, eta: float, t: float, method: str) -> torch.Tensor:
     """g(lambda) of the module docstring, with its lambda -> 0 limit eta t."""
-    tiny = lam.abs().max().clamp_min(1e-300) * lam.new_tensor(torch.finfo(torch.float64).eps) * len(lam)
+    # per kernel (last axis): eigenvalues below rounding of the largest count as 0
+    tiny = lam.abs().amax(-1, keepdim=True).clamp_min(1e-300) * torch.finfo(torch.float64).eps * lam.shape[-1]
     small = lam.abs() <= tiny
     safe = torch.where(small, torch.ones_like(lam), lam)
     if math.isinf(t):
@@ -78,6 +79,67 @@ def _gain(lam: torch.Tensor, eta: float, t: float, method: str) -> torch.Tensor:
         power = torch.where(base > 0, torch.exp(t * torch.log1p(-(eta * safe).clamp_max(1.0 - 1e-16))), base ** t)
         g = (1.0 - power) / safe
     return torch.where(small, torch.full_like(lam, eta * t), g)
+
+
+def check_schedule(t, lr, ridge, method) -> list[float]:
+    """The times ``t`` as a list, after checking ``t``, ``lr``, ``ridge`` and
+    ``method`` as :func:`ntk_predict` documents them (ValueError naming the argument)."""
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}; got {method!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0; got {lr!r}")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge must be a finite number >= 0; got {ridge!r}")
+    times = [t] if isinstance(t, (int, float)) else list(t)
+    for s in times:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or math.isnan(s) or s < 0:
+            raise ValueError(f"t must be times >= 0 (math.inf allowed); got {s!r}")
+        if method == "gd" and not math.isinf(s) and float(s) != int(s):
+            raise ValueError(f"method='gd' counts steps: t must hold ints (or math.inf); got {s!r}")
+    return times
+
+
+def closed_form(theta: torch.Tensor, cross: torch.Tensor | None, f0: torch.Tensor, f0_test: torch.Tensor | None,
+                y: torch.Tensor, times: Sequence[float], *, lr: float, ridge: float, method: str):
+    """The predictions of the module docstring from the kernels, for one
+    network or a batch of them (leading axes ``*B``), float64.
+
+    Parameters
+    ----------
+    theta : (*B, N K, N K) train kernel, flattened as by :func:`flat_kernel`.
+    cross : (*B, M K, N K) test-train kernel, or None.
+    f0 : (*B, N, K), f0_test : (*B, M, K) or None: the outputs at w0.
+    y : (N, K) targets. times, lr, ridge, method : as :func:`check_schedule` returns / checks them.
+
+    Returns
+    -------
+    (train (*B, T, N, K), test (*B, T, M, K) or None, eigenvalues (*B, N K)).
+
+    Raises
+    ------
+    ValueError
+        ``method="gd"`` with t = inf at a learning rate where gradient descent diverges.
+    """
+    n, k = y.shape
+    eye = torch.eye(n * k, dtype=torch.float64)
+    lam, v = torch.linalg.eigh((theta + theta.transpose(-1, -2)) / 2 + ridge * eye)
+    eta = lr / n
+    top = lam[..., -1].max().item()
+    if method == "gd" and any(math.isinf(s) for s in times) and eta * top >= 2:
+        where = "" if lam.dim() == 1 else " (lambda_max: the largest over the inits)"
+        raise ValueError(f"gradient descent diverges at lr = {lr:g}{where}: lr * lambda_max / N = "
+                         f"{eta * top:.3g} >= 2; lower lr below {2 * n / top:.4g}")
+    batch = f0.shape[:-2]
+    # the residual in the eigenbasis, (*B, N K)
+    coef = (v.transpose(-1, -2) @ (y - f0).reshape(*batch, n * k, 1))[..., 0]
+    train, test = [], []
+    for s in times:
+        g = _gain(lam, eta, float(s), method)
+        train.append(f0 + (v @ ((lam - ridge) * g * coef)[..., None]).reshape(*batch, n, k))
+        if cross is not None:
+            test.append(f0_test + (cross @ (v @ (g * coef)[..., None])).reshape(*batch, -1, k))
+    dim = len(batch)
+    return torch.stack(train, dim), torch.stack(test, dim) if test else None, lam
 
 
 def ntk_predict(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -109,46 +171,21 @@ def ntk_predict(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
         For bad shapes or values, or ``method="gd"`` with ``t = inf`` and a
         learning rate at which gradient descent diverges (lr lambda_max / N >= 2).
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}; got {method!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0; got {lr!r}")
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"ridge must be a finite number >= 0; got {ridge!r}")
-    times = [t] if isinstance(t, (int, float)) else list(t)
-    for s in times:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or math.isnan(s) or s < 0:
-            raise ValueError(f"t must be times >= 0 (math.inf allowed); got {s!r}")
-        if method == "gd" and not math.isinf(s) and float(s) != int(s):
-            raise ValueError(f"method='gd' counts steps: t must hold ints (or math.inf); got {s!r}")
+    times = check_schedule(t, lr, ridge, method)
     if not isinstance(y_train, torch.Tensor) or not isinstance(x_train, torch.Tensor):
         raise TypeError("x_train and y_train must be torch.Tensors")
     y = y_train.detach().to("cpu", torch.float64)
     y = y[:, None] if y.dim() == 1 else y
-    n = x_train.shape[0] if x_train.dim() == 2 else -1
     with eval_mode(model), torch.no_grad():
         f0 = model(x_train).detach().to("cpu", torch.float64) if x_train.dim() == 2 else None
         if f0 is None or y.shape != f0.shape:
             raise ValueError(f"y_train must have shape (N, K) = {None if f0 is None else tuple(f0.shape)} "
                              f"(or (N,) for K = 1) like the model's outputs on x_train; got {tuple(y_train.shape)}")
-        theta = _flat(ntk(model, x_train))
+        theta = flat_kernel(ntk(model, x_train))
         f0_test = cross = None
         if x_test is not None:
-            cross = _flat(ntk(model, x_test, x_train))
+            cross = flat_kernel(ntk(model, x_test, x_train))
             f0_test = model(x_test).detach().to("cpu", torch.float64)
-    k = y.shape[1]
-    lam, v = torch.linalg.eigh((theta + theta.T) / 2 + ridge * torch.eye(n * k, dtype=torch.float64))
-    eta = lr / n
-    if method == "gd" and any(math.isinf(s) for s in times) and eta * lam[-1].item() >= 2:
-        raise ValueError(f"gradient descent diverges at lr = {lr:g}: lr * lambda_max / N = "
-                         f"{eta * lam[-1].item():.3g} >= 2; lower lr below {2 * n / lam[-1].item():.4g}")
-    coef = v.T @ (y - f0).reshape(-1)  # residual in the eigenbasis
-    train, test = [], []
-    for s in times:
-        g = _gain(lam, eta, float(s), method)
-        train.append(f0 + (v @ ((lam - ridge) * g * coef)).reshape(n, k))
-        if cross is not None:
-            test.append(f0_test + (cross @ (v @ (g * coef))).reshape(-1, k))
+    train, test, lam = closed_form(theta, cross, f0, f0_test, y, times, lr=lr, ridge=ridge, method=method)
     return NTKPrediction(t=torch.tensor([float(s) for s in times], dtype=torch.float64),
-                         train=torch.stack(train), test=torch.stack(test) if test else None,
-                         f0_train=f0, f0_test=f0_test, eigenvalues=lam)
+                         train=train, test=test, f0_train=f0, f0_test=f0_test, eigenvalues=lam)
