@@ -5,6 +5,7 @@ plus model parsing, symmetry, invariance of the user's objects, bad input."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -14,6 +15,9 @@ from torch import nn
 import fastntk
 from conftest import (FLOAT32_FACTOR, FLOAT32_FLOOR, TOL, oracle_layerwise, oracle_ntk,
                       reduce_outputs, rel_err)
+
+#: The engine module (fastntk.ntk is the function of the same name).
+ntk_engine = importlib.import_module("fastntk.ntk")
 
 ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu",
                "softplus", "erf", "identity"]
@@ -42,17 +46,25 @@ def inputs(n, d, device="cpu", dtype=torch.float64, seed=1):
 
 
 def check_all_modes(model, x1, x2, tol):
-    """fastntk's every mode against the oracle; returns nothing, asserts."""
+    """fastntk's every mode against the oracle, through each engine path;
+    returns nothing, asserts."""
     layers = fastntk.parse_model(model)
     ref = oracle_ntk(model, x1, x2)
     ref_lw = oracle_layerwise(model, layers, x1, x2)
+    diag_ref = torch.diagonal(oracle_ntk(model, x1), dim1=0, dim2=1).movedim(-1, 0)  # (N, K, K)
+    for whole_network in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ntk_engine, "_USE_WHOLE_NETWORK_OP", whole_network)
+            _check_all_modes(model, x1, x2, tol, ref, ref_lw, diag_ref)
+
+
+def _check_all_modes(model, x1, x2, tol, ref, ref_lw, diag_ref):
     for outputs in OUTPUTS:
         got = fastntk.ntk(model, x1, x2, outputs=outputs)
         assert rel_err(got, reduce_outputs(ref, outputs)) <= tol, outputs
         got_lw = fastntk.ntk(model, x1, x2, outputs=outputs, layerwise=True)
         assert rel_err(got_lw, reduce_outputs(ref_lw, outputs)) <= tol, f"layerwise {outputs}"
         torch.testing.assert_close(got_lw.sum((0, 1)), got, rtol=1e-12, atol=1e-12 * got.abs().max().item())
-    diag_ref = torch.diagonal(oracle_ntk(model, x1), dim1=0, dim2=1).movedim(-1, 0)  # (N, K, K)
     for outputs in OUTPUTS:
         got = fastntk.ntk_diag(model, x1, outputs=outputs)
         assert rel_err(got, reduce_outputs(diag_ref, outputs)) <= tol, f"diag {outputs}"
@@ -100,6 +112,7 @@ def test_symmetric_is_exact_over_several_row_blocks(device, outputs):
 
 
 def _record_layer_groups(monkeypatch):
+    monkeypatch.setattr(ntk_engine, "_USE_WHOLE_NETWORK_OP", False)  # the per-layer path's grouping
     calls = []
     original = fastntk._ops.ntk_accumulate_layers
 
