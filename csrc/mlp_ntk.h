@@ -153,48 +153,64 @@ inline at::Tensor pre_activation(const at::Tensor& a, const at::Tensor& w, const
   return b ? h.add_(b->mul(bias_scale)) : h;
 }
 
-// Pre-activations h^1 .. h^L of a batch.
+// Whether phi'(phi(h)) = phi'(h) for every h (NaN and the kink included):
+// identity, relu, and leaky_relu with a positive slope keep h's sign. For
+// those layers the backward pass reads the derivative off the activations,
+// and a layer's input activations need not be recomputed from h.
+inline bool derivative_from_output(Activation act, const ActivationParams& p) {
+  return act == Activation::kIdentity || act == Activation::kRelu ||
+         (act == Activation::kLeakyRelu && p.negative_slope > 0);
+}
+
+// What the backward pass keeps of each layer of a batch: a^l = phi(h^l)
+// where derivative_from_output, else h^l (memory: one (N, n_l) tensor per
+// layer either way).
 inline std::vector<at::Tensor> mlp_forward(const MlpSpec& spec, const at::Tensor& x) {
-  std::vector<at::Tensor> hs;
+  std::vector<at::Tensor> saved;
   at::Tensor a = x;
   for (int64_t l = 0; l < spec.n_layers(); ++l) {
-    hs.push_back(pre_activation(a, spec.weights[l], spec.biases[l], spec.scales[l], spec.bias_scales[l]));
-    a = activation_forward(spec.codes[l], hs.back(), spec.params[l]);
+    const at::Tensor h = pre_activation(a, spec.weights[l], spec.biases[l], spec.scales[l], spec.bias_scales[l]);
+    a = activation_forward(spec.codes[l], h, spec.params[l]);
+    saved.push_back(derivative_from_output(spec.codes[l], spec.params[l]) ? a : h);
   }
-  return hs;
+  return saved;
 }
 
 // The signals of one batch, layer by layer from the last: next() moves to
-// the layer below. Only the current layer's signals are held (the
-// activations are recomputed from h, as the Python engine does, so that
-// memory stays the pre-activations plus a layer).
+// the layer below. Only the current layer's signals are held; activations
+// that mlp_forward did not keep are recomputed from h, as the Python engine
+// does.
 template <BackpropFn kBackprop>
 class LayerSignals {
  public:
-  LayerSignals(const MlpSpec& spec, const at::Tensor& x, const std::vector<at::Tensor>& hs)
-      : spec_(spec), x_(x), hs_(hs), l_(spec.n_layers() - 1) {
-    const at::Tensor& h_last = hs.back();
-    const int64_t n = h_last.size(0), k = h_last.size(1);
-    const at::Tensor eye = at::eye(k, h_last.options());
+  LayerSignals(const MlpSpec& spec, const at::Tensor& x, const std::vector<at::Tensor>& saved)
+      : spec_(spec), x_(x), saved_(saved), l_(spec.n_layers() - 1) {
+    const at::Tensor& last_saved = saved.back();
+    const int64_t n = last_saved.size(0), k = last_saved.size(1);
+    const at::Tensor eye = at::eye(k, last_saved.options());
     delta_ = eye.expand({n, k, k});
     const int64_t last = spec.n_layers() - 1;
     if (spec.codes[last] != Activation::kIdentity) {
       const ActivationParams& p = spec.params[last];
-      delta_ = kBackprop(delta_, eye, h_last, 1.0, spec.activations[last], p.negative_slope, p.beta, p.threshold);
+      delta_ = kBackprop(delta_, eye, last_saved, 1.0, spec.activations[last], p.negative_slope, p.beta,
+                         p.threshold);
     }
   }
 
   int64_t layer() const { return l_; }
   // a^{l-1}: the layer's input activations.
   at::Tensor input() const {
-    return l_ == 0 ? x_ : activation_forward(spec_.codes[l_ - 1], hs_[l_ - 1], spec_.params[l_ - 1]);
+    if (l_ == 0) return x_;
+    const Activation act = spec_.codes[l_ - 1];
+    const ActivationParams& p = spec_.params[l_ - 1];
+    return derivative_from_output(act, p) ? saved_[l_ - 1] : activation_forward(act, saved_[l_ - 1], p);
   }
   const at::Tensor& delta() const { return delta_; }
 
   void next() {
     if (l_ > 0) {
       const ActivationParams& p = spec_.params[l_ - 1];
-      delta_ = kBackprop(delta_, spec_.weights[l_], hs_[l_ - 1], spec_.scales[l_], spec_.activations[l_ - 1],
+      delta_ = kBackprop(delta_, spec_.weights[l_], saved_[l_ - 1], spec_.scales[l_], spec_.activations[l_ - 1],
                          p.negative_slope, p.beta, p.threshold);
     }
     --l_;
@@ -203,7 +219,7 @@ class LayerSignals {
  private:
   const MlpSpec& spec_;
   const at::Tensor& x_;
-  const std::vector<at::Tensor>& hs_;
+  const std::vector<at::Tensor>& saved_;
   int64_t l_;
   at::Tensor delta_;
 };
@@ -228,8 +244,8 @@ at::Tensor mlp_ntk_driver(const at::Tensor& x1, const std::optional<at::Tensor>&
   at::Tensor out = at::zeros(mlp_ntk_out_shape(spec, mode, n1, n2, layerwise, diagonal), x1.options());
   if (out.numel() == 0) return out;
 
-  const std::vector<at::Tensor> hs1 = mlp_forward(spec, x1);
-  LayerSignals<kBackprop> side1(spec, x1, hs1);
+  const std::vector<at::Tensor> saved1 = mlp_forward(spec, x1);
+  LayerSignals<kBackprop> side1(spec, x1, saved1);
 
   if (diagonal) {
     for (; side1.layer() >= 0; side1.next()) {
@@ -247,9 +263,9 @@ at::Tensor mlp_ntk_driver(const at::Tensor& x1, const std::optional<at::Tensor>&
     return out;
   }
 
-  const std::vector<at::Tensor> hs2 = symmetric ? std::vector<at::Tensor>() : mlp_forward(spec, *x2);
+  const std::vector<at::Tensor> saved2 = symmetric ? std::vector<at::Tensor>() : mlp_forward(spec, *x2);
   std::optional<LayerSignals<kBackprop>> side2;
-  if (!symmetric) side2.emplace(spec, *x2, hs2);
+  if (!symmetric) side2.emplace(spec, *x2, saved2);
 
   // Layers wait in `pending` until their tensors reach out's size, then go
   // to the driver together (one pass over out for all of them); layerwise,
