@@ -227,15 +227,20 @@ class LayerSignals {
 // The NTK of the network: full / trace / per_output, optionally per layer
 // (layerwise, (L, 2) leading axes) or per sample (diagonal). x2 None means
 // x2 = x1 (one forward/backward pass; the accumulate driver then computes
-// the upper triangle only). ``fuse_two_sided``: whether the device's
-// accumulate driver gains from several layers per call when x2 is given
-// (CUDA: yes; CPU: measured no), as in fastntk.ntk._add_kernel.
-template <BackpropFn kBackprop, AccumulateDriver kAccumulate, DiagAccumulateFn kDiag>
+// the upper triangle only). A device registers its instantiation: its
+// per-layer implementations; kFuseTwoSided, whether its accumulate driver
+// gains from several layers per call when x2 is given (CUDA: yes; CPU:
+// measured no), as in fastntk.ntk._add_kernel; and DeviceScope, constructed
+// from x1 for the call (the device check and guard).
+template <BackpropFn kBackprop, AccumulateDriver kAccumulate, DiagAccumulateFn kDiag, bool kFuseTwoSided,
+          typename DeviceScope>
 at::Tensor mlp_ntk_driver(const at::Tensor& x1, const std::optional<at::Tensor>& x2, at::TensorList weights,
                           const c10::List<std::optional<at::Tensor>>& biases, at::ArrayRef<double> scales,
                           at::ArrayRef<double> bias_scales, const std::vector<std::string>& activations,
                           at::ArrayRef<double> activation_params, c10::string_view outputs, bool layerwise,
-                          bool diagonal, bool fuse_two_sided) {
+                          bool diagonal) {
+  const DeviceScope scope(x1);
+  constexpr bool fuse_two_sided = kFuseTwoSided;
   const OutputMode mode = parse_outputs(outputs);
   const MlpSpec spec =
       check_mlp_ntk(x1, x2, weights, biases, scales, bias_scales, activations, activation_params, diagonal);

@@ -11,22 +11,16 @@
 namespace fastntk {
 namespace {
 
-at::Tensor mlp_ntk_cuda(const at::Tensor& x1, const std::optional<at::Tensor>& x2, at::TensorList weights,
-                        const c10::List<std::optional<at::Tensor>>& biases, at::ArrayRef<double> scales,
-                        at::ArrayRef<double> bias_scales, const std::vector<std::string>& activations,
-                        at::ArrayRef<double> activation_params, c10::string_view outputs, bool layerwise,
-                        bool diagonal) {
-  cuda::check_device(x1, "x1");
-  const cuda::DeviceGuard device_guard(x1.device());
-  return mlp_ntk_driver<backprop_delta_cuda, accumulate_layers_cuda, ntk_diag_accumulate_cuda>(
-      x1, x2, weights, biases, scales, bias_scales, activations, activation_params, outputs, layerwise, diagonal,
-      /*fuse_two_sided=*/true);
-}
+struct CudaScope {
+  explicit CudaScope(const at::Tensor& x1) : guard((cuda::check_device(x1, "x1"), x1.device())) {}
+  cuda::DeviceGuard guard;
+};
 
 }  // namespace
 
 FASTNTK_CUDA_LIBRARY_IMPL(m) {
-  m.impl("mlp_ntk", &mlp_ntk_cuda);
+  m.impl("mlp_ntk", &mlp_ntk_driver<backprop_delta_cuda, accumulate_layers_cuda, ntk_diag_accumulate_cuda,
+                                    /*kFuseTwoSided=*/true, CudaScope>);
 }
 
 }  // namespace fastntk
