@@ -20,7 +20,10 @@ output (:func:`fastntk._ops.ntk_accumulate_layers`). Layers are accumulated
 as the backward pass reaches them; where the kernels can add several layers
 in one pass over the output (CUDA; CPU when x2 = x1), consecutive layers are
 cached until their activations and signals reach the output's size and then
-added together. Memory: the pre-activations, the output, and at most the
+added together. A network whose tensors are all trained and used once goes
+through one op call (:func:`fastntk._ops.mlp_ntk`), which runs these same
+steps and kernels in C++, without a Python round trip per layer. Memory:
+the pre-activations, the output, and at most the
 output's size plus one layer of signals (two layers when the output is
 smaller): O(N sum n_l + N K max n_l) + 2 x output at most, instead of a
 Jacobian's O(N K P).
@@ -302,17 +305,9 @@ def _whole_network(layers: list[DenseLayer], flops: float, progress: bool | None
     work is a negligible share of the time anyway)."""
     if not _USE_WHOLE_NETWORK_OP or progress is True or (progress is None and flops > _PROGRESS_FLOPS):
         return False
-    seen = set()
-    for layer in layers:
-        for tensor, index, trained in ((layer.weight, layer.weight_param, layer.weight_trained),
-                                       (layer.bias, layer.bias_param, layer.bias_trained)):
-            if tensor is None:
-                continue
-            if not trained or (index is not None and index in seen):
-                return False
-            if index is not None:
-                seen.add(index)
-    return True
+    if any(not l.weight_trained or (l.bias is not None and not l.bias_trained) for l in layers):
+        return False
+    return not _shared_tensors(layers)
 
 
 def _network_arguments(layers: list[DenseLayer]) -> tuple:

@@ -154,6 +154,30 @@ def test_layers_go_one_at_a_time_when_the_output_is_small(device, monkeypatch):
     assert rel_err(got, reduce_outputs(oracle_ntk(net, x), "trace")) <= TOL[torch.float64]
 
 
+def test_whole_network_op_is_used_where_it_applies(monkeypatch):
+    """MLPs and Sequentials go through one mlp_ntk call; models with a frozen
+    or a shared tensor, and calls showing a progress bar, take the per-layer
+    path."""
+    calls = []
+    original = fastntk._ops.mlp_ntk
+    monkeypatch.setattr(fastntk._ops, "mlp_ntk", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = inputs(3, 4)
+    shared = nn.Linear(5, 5).double()
+    frozen = make_mlp([4, 5, 2])
+    frozen.biases[0].requires_grad_(False)
+    cases = [(make_mlp([4, 5, 2]), {}, 1), (nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double(), {}, 1),
+             (frozen, {}, 0), (nn.Sequential(nn.Linear(4, 5), shared, nn.ReLU(), shared).double(), {}, 0),
+             (make_mlp([4, 5, 2]), {"progress": True}, 0)]
+    for model, kwargs, expected in cases:
+        calls.clear()
+        fastntk.ntk(model, x, **kwargs)
+        assert len(calls) == expected, (model, kwargs)
+        calls.clear()
+        if not kwargs:
+            fastntk.ntk_diag(model, x)
+            assert len(calls) == expected, model
+
+
 SEQUENTIALS = {
     "relu_nobias_tanh": lambda: nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5, bias=False),
                                               nn.Tanh(), nn.Linear(5, 3)),
