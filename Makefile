@@ -74,8 +74,8 @@ clean:
 
 # Benchmarks (benchmarks/, not collected by `make test`). `bench-setup` builds
 # .venv-nt with neural-tangents for the comparison (optional: `bench` runs
-# without it and the report says so). Results go to bench-results/; the README
-# section is regenerated into benchmarks/README_PERF.md.
+# without it and the report says so). Results go to bench-results/; README.md's
+# Performance table is regenerated in place (benchmarks/report.py).
 BENCH_OUT ?= bench-results
 BENCH_ARGS ?= --benchmark-min-rounds=5 --benchmark-max-time=0.5 --benchmark-warmup=off
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workloads import (WORKLOADS, flops, make_method, methods_for, reference_method,
+from workloads import (WORKLOADS, flops, make_method, methods_for, own_shape_gemms, reference_method,
                        rel_err, skip_reason)
 
 #: float32 agreement with fastntk (relative to the largest entry). The same
@@ -42,6 +42,22 @@ def test_gemm_rate_start(benchmark):
     the NTK cases and again after them (test_gemm_rate_end, defined last so
     pytest runs it last); the report uses the better of the two."""
     _gemm(benchmark, "start")
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_gemm_rate_own_shapes(benchmark, workload):
+    """The float32 GEMM rate on each workload's own GEMM shapes (its forward,
+    backward and Gram GEMMs, each once): the rate the small-GEMM floor uses."""
+    w = WORKLOADS[workload]
+    benchmark.group = "gemm_shapes"
+    run, f = own_shape_gemms(w.widths, w.n)
+    benchmark.extra_info.update(flops=f, kind="gemm_shapes", workload_shapes=workload)
+    rounds = ROUNDS.get(workload)
+    if rounds:
+        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    else:
+        benchmark(run)
+    benchmark.extra_info["gflops"] = f / benchmark.stats.stats.median / 1e9
 
 
 @pytest.mark.parametrize("workload,method", CASES, ids=[f"{w}-{m}" for w, m in CASES])

@@ -95,39 +95,85 @@ def make_input(n: int, d: int = D_IN) -> torch.Tensor:
 
 # ------------------------------------------------------------------ FLOPs
 
-def flops(widths: list[int], n: int, method: str) -> float:
-    """Analytic FLOPs of the layerwise method (multiply-add = 2 FLOPs), x2 = x1.
+def _mode(method: str) -> str:
+    mode = method.split("_")[-1] if "_" in method else method
+    return "per_output" if mode == "output" else mode
+
+
+def flop_parts(widths: list[int], n: int, method: str) -> dict[str, float]:
+    """Analytic FLOPs of the layerwise method by part (multiply-add = 2 FLOPs),
+    x2 = x1, every pair (i, j) counted:
 
     forward      sum_l 2 N n_{l-1} n_l
     backward     sum_{l >= 2} 2 N K n_l n_{l-1}      (K signals through W^l)
-    Grams        full:       sum_l 2 N^2 (n_{l-1} + K^2 n_l)
+    gram         full:       sum_l 2 N^2 (n_{l-1} + K^2 n_l)
                  trace/per_output: sum_l 2 N^2 (n_{l-1} + K n_l)
                  diag:       sum_l 2 N (n_{l-1} + K^2 n_l)
-    Hadamard-accumulate: N^2 K^2 (full), N^2 K (per_output), N^2 (trace) per
-    layer (and per term when layerwise), counted too although it is not a
-    GEMM. Grams are counted as full GEMMs (no use of the symmetry x2 = x1),
-    as both fastntk and the plain formula compute them. torch.func methods
-    are charged the same count (their own work is larger: this makes their
-    "FLOP floor" ratio directly comparable).
+    hadamard     the accumulation: N^2 K^2 (full), N^2 K (per_output), N^2
+                 (trace) per layer (and per term when layerwise); not a GEMM,
+                 counted too.
     """
-    mode = method.split("_")[-1] if "_" in method else method
-    if mode == "output":
-        mode = "per_output"
+    mode = _mode(method)
     k = widths[-1]
     L = len(widths) - 1
-    fwd = sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
-    bwd = sum(2 * n * k * widths[l] * widths[l - 1] for l in range(2, L + 1))
     kk = {"full": k * k, "layerwise": k * k, "trace": k, "per_output": k, "diag": k * k}[mode]
     pairs = n if mode == "diag" else n * n
-    gram = sum(2 * pairs * (widths[l - 1] + kk * widths[l]) for l in range(1, L + 1))
-    hadamard = L * pairs * {"full": k * k, "layerwise": 2 * k * k, "trace": 1,
-                            "per_output": k, "diag": k * k}[mode]
-    return float(fwd + bwd + gram + hadamard)
+    return {
+        "forward": float(sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))),
+        "backward": float(sum(2 * n * k * widths[l] * widths[l - 1] for l in range(2, L + 1))),
+        "gram": float(sum(2 * pairs * (widths[l - 1] + kk * widths[l]) for l in range(1, L + 1))),
+        "hadamard": float(L * pairs * {"full": k * k, "layerwise": 2 * k * k, "trace": 1,
+                                       "per_output": k, "diag": k * k}[mode]),
+    }
+
+
+def flops(widths: list[int], n: int, method: str) -> float:
+    """Analytic FLOPs of the layerwise method with every pair (i, j) computed
+    (:func:`flop_parts`, summed): the count charged to every method, torch.func
+    included (their own work is larger: this makes the ratios comparable)."""
+    return sum(flop_parts(widths, n, method).values())
+
+
+def flops_symmetric(widths: list[int], n: int, method: str) -> float:
+    """What the symmetric method must do for x2 = x1: the forward and backward
+    GEMMs, and the Grams and the accumulation over the N (N + 1) / 2 pairs
+    i <= j only (Theta is symmetric; fastntk computes the upper triangle).
+    The per-sample diagonal has no pairs to halve."""
+    parts = flop_parts(widths, n, method)
+    half = 1.0 if _mode(method) == "diag" else (n + 1) / (2 * n)
+    return parts["forward"] + parts["backward"] + half * (parts["gram"] + parts["hadamard"])
+
+
+def gemm_shapes(widths: list[int], n: int) -> list[tuple[int, int, int]]:
+    """(rows, inner, cols) of every GEMM of the full-mode layerwise method,
+    x2 = x1 and both halves of each Gram: forward a^{l-1} W^T, backward
+    delta^{l+1} W (N K rows), the activation Gram (N x N) and the delta Gram
+    (N K x N K) of each layer."""
+    k, L = widths[-1], len(widths) - 1
+    shapes = [(n, widths[l - 1], widths[l]) for l in range(1, L + 1)]
+    shapes += [(n * k, widths[l], widths[l - 1]) for l in range(2, L + 1)]
+    shapes += [(n, widths[l - 1], n) for l in range(1, L + 1)]
+    shapes += [(n * k, widths[l], n * k) for l in range(1, L + 1)]
+    return shapes
+
+
+def own_shape_gemms(widths: list[int], n: int):
+    """(callable, flops): one call runs every GEMM of :func:`gemm_shapes` once
+    (torch.mm on random float32 operands made here), flops their count. Its
+    time gives the GEMM rate on the workload's own shapes, which for small
+    layers is well below the large-GEMM rate the peak floor assumes."""
+    g = torch.Generator().manual_seed(SEED + 2)
+    operands = [(torch.randn(m, i, generator=g), torch.randn(i, c, generator=g)) for m, i, c in gemm_shapes(widths, n)]
+    total = float(sum(2 * m * i * c for m, i, c in gemm_shapes(widths, n)))
+
+    def run():
+        for a, b in operands:
+            torch.mm(a, b)
+    return run, total
 
 
 def output_bytes(widths: list[int], n: int, method: str) -> int:
-    mode = method.split("_")[-1]
-    mode = "per_output" if mode == "output" else mode
+    mode = _mode(method)
     k, L = widths[-1], len(widths) - 1
     if mode == "full":
         return n * n * k * k * 4

@@ -19,6 +19,10 @@ inline constexpr const char* kSchemas[] = {
     "str outputs) -> ()",
     "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
     "float weight_scale, float bias_scale, str outputs) -> ()",
+    "mlp_ntk(Tensor x1, Tensor? x2, Tensor[] weights, Tensor?[] biases, "
+    "float[] scales, float[] bias_scales, str[] activations, "
+    "float[] activation_params, str outputs, bool layerwise=False, "
+    "bool diagonal=False) -> Tensor",
 };
 
 }  // namespace fastntk

@@ -45,6 +45,12 @@ SCHEMAS = {
         "ntk_diag_accumulate(Tensor(a!) out, Tensor a, Tensor d, "
         "float weight_scale, float bias_scale, str outputs) -> ()"
     ),
+    "mlp_ntk": (
+        "mlp_ntk(Tensor x1, Tensor? x2, Tensor[] weights, Tensor?[] biases, "
+        "float[] scales, float[] bias_scales, str[] activations, "
+        "float[] activation_params, str outputs, bool layerwise=False, "
+        "bool diagonal=False) -> Tensor"
+    ),
 }
 
 _load_error: str | None = None
@@ -243,6 +249,50 @@ def ntk_diag_accumulate(
     _library().ntk_diag_accumulate.default(out, a, d, weight_scale, bias_scale, outputs)
 
 
+def mlp_ntk(
+    x1: torch.Tensor, x2: torch.Tensor | None, weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None], scales: list[float], bias_scales: list[float],
+    activations: list[str], activation_params: list[float], outputs: str,
+    layerwise: bool = False, diagonal: bool = False,
+) -> torch.Tensor:
+    """The NTK of a whole dense network in one call: forward pass, batched
+    backward pass and the sum over layers, by the per-layer kernels above.
+
+    The network: h^l = scales[l] a^{l-1} weights[l]^T + bias_scales[l] biases[l],
+    a^l = phi_l(h^l), a^0 = x, output h^L; every weight and bias is a
+    parameter (terms weighted c_l^2 = scales[l]^2 and beta_l^2 =
+    bias_scales[l]^2; a None bias has no term).
+
+    Parameters
+    ----------
+    x1 : (N1, n_0) inputs; x2 : (N2, n_0) inputs, or None for x2 = x1
+        (computed once, and the result is exactly symmetric).
+    weights : per layer, (n_l, n_{l-1}); biases : per layer, (n_l,) or None.
+    scales, bias_scales : per layer, c_l and beta_l.
+    activations : per layer, the name of phi_l (see
+        ``fastntk._reference.ACTIVATIONS``; the last one is usually
+        ``"identity"``).
+    activation_params : (negative_slope, beta, threshold) of every layer,
+        flattened: 3 L values.
+    outputs : ``"full"``, ``"trace"`` or ``"per_output"``.
+    layerwise : prepend axes (L, 2): [l, 0] layer l's weight term, [l, 1]
+        its bias term.
+    diagonal : only Theta(x_i, x_i) (x2 must be None).
+
+    Returns
+    -------
+    (N1, N2, K, K), (N1, N2) or (N1, N2, K) per ``outputs``; (N1, ...)
+    instead of (N1, N2, ...) when diagonal; after (L, 2) when layerwise.
+    """
+    if torch.is_grad_enabled():  # the engine runs under no_grad: skip building the names
+        _refuse_grad("mlp_ntk", x1=x1, **({} if x2 is None else {"x2": x2}), **{
+            f"{name}[{l}]": t for name, ts in (("weights", weights), ("biases", biases))
+            for l, t in enumerate(ts) if t is not None})
+    return _library().mlp_ntk.default(
+        x1, x2, list(weights), list(biases), [float(s) for s in scales], [float(s) for s in bias_scales],
+        list(activations), [float(p) for p in activation_params], outputs, layerwise, diagonal)
+
+
 # ---------------------------------------------------------------- fake kernels
 # Same checks as csrc/ntk_common.h, on metadata only, so ops trace under
 # torch.compile and FakeTensor with the messages the real kernels give.
@@ -307,3 +357,52 @@ def _ntk_diag_accumulate_fake(out, a, d, weight_scale, bias_scale, outputs):
     _fake_check(tuple(out.shape) == expected, f"out must have shape {list(expected)} for this outputs mode, got shape {tuple(out.shape)}")
     _fake_check(d.shape[0] == a.shape[0], "d.size(0) must equal a.size(0)")
     return None
+
+
+def _shape_str(t) -> str:
+    """A shape as csrc/checks.h's shape_str writes it: (3) and (2, 4)."""
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+@torch.library.register_fake("fastntk::mlp_ntk")
+def _mlp_ntk_fake(x1, x2, weights, biases, scales, bias_scales, activations, activation_params, outputs,
+                  layerwise=False, diagonal=False):
+    n_layers = len(weights)
+    _fake_check(n_layers > 0, "weights must hold at least one layer's weight, got an empty list")
+    lengths = [len(weights), len(biases), len(scales), len(bias_scales), len(activations)]
+    _fake_check(len(set(lengths)) == 1, "weights, biases, scales, bias_scales and activations must all have one "
+                                        f"entry per layer, got lengths {', '.join(map(str, lengths))}")
+    _fake_check(len(activation_params) == 3 * n_layers,
+                "activation_params must hold 3 values (negative_slope, beta, threshold) per layer, "
+                f"{3 * n_layers} in all, got {len(activation_params)}")
+    _fake_check(x1.dim() == 2, f"x1 must have 2 dimensions, got shape {_shape_str(x1)}")
+    _fake_check(x1.dtype in (torch.float32, torch.float64), f"x1 must be float32 or float64, got {x1.dtype}")
+    if x2 is not None:
+        _fake_check(not diagonal, "x2 must be None when diagonal is true (the diagonal pairs each input with itself)")
+        _fake_check(x2.dim() == 2, f"x2 must have 2 dimensions, got shape {_shape_str(x2)}")
+        _fake_check(x2.dtype == x1.dtype, f"x1 and x2 must have the same dtype, got {x1.dtype} and {x2.dtype}")
+        _fake_check(x2.device == x1.device, f"x1 and x2 must be on the same device, got {x1.device} and {x2.device}")
+        _fake_check(x2.shape[1] == x1.shape[1], f"x2.size(1) must equal x1.size(1) ({x1.shape[1]}), "
+                                                f"got shape {_shape_str(x2)}")
+    fan_in = x1.shape[1]
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        _fake_check(w.dim() == 2, f"weights[{l}] must have 2 dimensions (n_out, n_in), got shape {_shape_str(w)}")
+        _fake_check(w.dtype == x1.dtype, f"weights[{l}] must have the dtype of x1 ({x1.dtype}), got {w.dtype}")
+        _fake_check(w.device == x1.device, f"weights[{l}] must be on the device of x1 ({x1.device}), got {w.device}")
+        _fake_check(w.shape[1] == fan_in, f"weights[{l}].size(1) must equal "
+                                          f"{'x1.size(1)' if l == 0 else 'the previous layer' + chr(39) + 's output size'}"
+                                          f" ({fan_in}), got shape {_shape_str(w)}")
+        if b is not None:
+            _fake_check(b.dim() == 1 and b.shape[0] == w.shape[0],
+                        f"biases[{l}] must have shape ({w.shape[0]},), got shape {_shape_str(b)}")
+            _fake_check(b.dtype == x1.dtype, f"biases[{l}] must have the dtype of x1 ({x1.dtype}), got {b.dtype}")
+        try:
+            _reference._check_choice("activation", activations[l], _reference.ACTIVATIONS)
+        except ValueError as exc:
+            raise RuntimeError(f"activations[{l}]: {exc}") from None
+        fan_in = w.shape[0]
+    k, n1 = weights[-1].shape[0], x1.shape[0]
+    shape = _out_shape(outputs, n1, None if diagonal else (n1 if x2 is None else x2.shape[0]), k)
+    if layerwise:
+        shape = (n_layers, 2) + shape
+    return x1.new_empty(shape)

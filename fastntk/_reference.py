@@ -14,6 +14,13 @@ Shapes, for N inputs, K outputs, a layer of width n fed by width p:
 - ``ntk_accumulate_layers``: out as above, and one (a1, a2, d1, d2) of
   those shapes per layer (p and n vary with the layer).
 - ``ntk_diag_accumulate``: out (N, K, K) | (N,) | (N, K), a (N, p), d (N, K, n).
+- ``mlp_ntk``: x1 (N1, n_0), x2 (N2, n_0) or None, weights[l] (n_{l+1}, n_l),
+  biases[l] (n_{l+1},) or None -> the network's NTK, (N1, N2) + output axes
+  ((N1,) + output axes when diagonal), after (L, 2) when layerwise.
+
+The forward pass of a dense layer (:func:`pre_activation`,
+:func:`activation_forward`) is written here once, for the ops and for
+:class:`fastntk.MLP` alike.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 ACTIVATIONS = (
     "identity", "relu", "leaky_relu", "tanh", "sigmoid", "gelu", "gelu_tanh",
@@ -32,6 +40,46 @@ OUTPUT_MODES = ("full", "trace", "per_output")
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+_ACTIVATION_FORWARD = {
+    "identity": lambda h, slope, beta, threshold: h,
+    "relu": lambda h, slope, beta, threshold: F.relu(h),
+    "leaky_relu": lambda h, slope, beta, threshold: F.leaky_relu(h, slope),
+    "tanh": lambda h, slope, beta, threshold: torch.tanh(h),
+    "sigmoid": lambda h, slope, beta, threshold: torch.sigmoid(h),
+    "gelu": lambda h, slope, beta, threshold: F.gelu(h),
+    "gelu_tanh": lambda h, slope, beta, threshold: F.gelu(h, approximate="tanh"),
+    "silu": lambda h, slope, beta, threshold: F.silu(h),
+    "softplus": lambda h, slope, beta, threshold: F.softplus(h, beta, threshold),
+    "erf": lambda h, slope, beta, threshold: torch.erf(h),
+}
+
+
+def activation_forward(
+    h: torch.Tensor, activation: str, negative_slope: float = 0.01,
+    beta: float = 1.0, threshold: float = 20.0,
+) -> torch.Tensor:
+    """phi(h) elementwise, by the very function the corresponding nn module uses."""
+    _check_choice("activation", activation, ACTIVATIONS)
+    return _ACTIVATION_FORWARD[activation](h, negative_slope, beta, threshold)
+
+
+def pre_activation(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   scale: float, bias_scale: float) -> torch.Tensor:
+    """h = scale * a @ weight^T + bias_scale * bias, (N, n_out).
+
+    The one place a dense layer's forward is written: :class:`fastntk.MLP`,
+    the NTK engine and the ops (csrc/mlp_ntk.h repeats it operation for
+    operation) all compute it so, and with scale = bias_scale = 1 it is
+    exactly ``nn.Linear``'s ``F.linear``. Identical operations give identical
+    rounding, so in float32 the engine's ReLU masks are those of the network
+    as it runs (a pre-activation within rounding of 0 can otherwise flip).
+    """
+    if scale == 1.0 and bias_scale in (0.0, 1.0):
+        return F.linear(a, weight, bias if bias_scale == 1.0 else None)
+    h = F.linear(a, weight) * scale
+    return h if bias is None else h + bias_scale * bias
 
 
 def activation_derivative(
@@ -132,3 +180,65 @@ def ntk_diag_accumulate(
         out += scale * (d * d).sum((1, 2))
     else:
         out += scale[:, None] * (d * d).sum(2)
+
+
+def _mlp_layer_signals(x, hs, weights, scales, acts):
+    """(l, a^{l-1}, delta^l) from the last layer down; acts[l] = (name, slope, beta, threshold)."""
+    n, k = hs[-1].shape
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    delta = eye.expand(n, k, k)
+    if acts[-1][0] != "identity":
+        delta = backprop_delta(delta, eye, hs[-1], 1.0, *acts[-1])
+    for l in range(len(weights) - 1, -1, -1):
+        yield l, x if l == 0 else activation_forward(hs[l - 1], *acts[l - 1]), delta
+        if l > 0:
+            delta = backprop_delta(delta, weights[l], hs[l - 1], scales[l], *acts[l - 1])
+
+
+def mlp_ntk(
+    x1: torch.Tensor, x2: torch.Tensor | None, weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None], scales: list[float], bias_scales: list[float],
+    activations: list[str], activation_params: list[float], outputs: str,
+    layerwise: bool = False, diagonal: bool = False,
+) -> torch.Tensor:
+    """The NTK of the dense network h^l = scales[l] a^{l-1} W^l^T + bias_scales[l] b^l,
+    a^l = phi_l(h^l), summed over every weight and bias (c_l^2 and beta_l^2
+    weighting), from the per-layer functions above; activation_params holds
+    (negative_slope, beta, threshold) per layer."""
+    _check_choice("outputs", outputs, OUTPUT_MODES)
+    n_layers = len(weights)
+    if not n_layers or len({n_layers, len(biases), len(scales), len(bias_scales), len(activations)}) != 1:
+        raise RuntimeError("weights, biases, scales, bias_scales and activations must all have one entry per layer")
+    if len(activation_params) != 3 * n_layers:
+        raise RuntimeError("activation_params must hold 3 values (negative_slope, beta, threshold) per layer")
+    if diagonal and x2 is not None:
+        raise RuntimeError("x2 must be None when diagonal is true (the diagonal pairs each input with itself)")
+    acts = [(activations[l], *activation_params[3 * l:3 * l + 3]) for l in range(n_layers)]
+
+    def forward(x):
+        hs, a = [], x
+        for l in range(n_layers):
+            hs.append(pre_activation(a, weights[l], biases[l], scales[l], bias_scales[l]))
+            a = activation_forward(hs[-1], *acts[l])
+        return hs
+
+    k, n1 = weights[-1].shape[0], x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    lead = (n1,) if diagonal else (n1, n2)
+    shape = lead + {"full": (k, k), "trace": (), "per_output": (k,)}[outputs]
+    out = torch.zeros(((n_layers, 2) if layerwise else ()) + shape, dtype=x1.dtype, device=x1.device)
+    coefficients = [(scales[l] ** 2, bias_scales[l] ** 2 if biases[l] is not None else 0.0) for l in range(n_layers)]
+    signals1 = _mlp_layer_signals(x1, forward(x1), weights, scales, acts)
+    pairs = (((s, s) for s in signals1) if x2 is None
+             else zip(signals1, _mlp_layer_signals(x2, forward(x2), weights, scales, acts)))
+    for (l, a1, d1), (_, a2, d2) in pairs:
+        ws, bs = coefficients[l]
+        if diagonal:
+            parts = ((out[l, 0], ws, 0.0), (out[l, 1], 0.0, bs)) if layerwise else ((out, ws, bs),)
+            for target, w, b in parts:
+                ntk_diag_accumulate(target, a1, d1, w, b, outputs)
+        elif layerwise:
+            ntk_accumulate(out[l, 0], a1, a2, d1, d2, ws, bs, outputs, bias_out=out[l, 1])
+        else:
+            ntk_accumulate(out, a1, a2, d1, d2, ws, bs, outputs)
+    return out

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._reference import ACTIVATIONS
+from ._reference import ACTIVATIONS, activation_forward, pre_activation
 
 PARAMETRIZATIONS = ("ntk", "standard")
 
@@ -53,7 +52,7 @@ class Activation:
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """phi(h), elementwise; identical to the corresponding nn module."""
-        return _ACTIVATION_FORWARD[self.name](h, self)
+        return activation_forward(h, *self.op_args())
 
     def op_args(self) -> tuple:
         """The (activation, negative_slope, beta, threshold) arguments of the ops."""
@@ -76,19 +75,6 @@ class Activation:
                 return cls(name)
         return None
 
-
-_ACTIVATION_FORWARD = {
-    "identity": lambda h, a: h,
-    "relu": lambda h, a: F.relu(h),
-    "leaky_relu": lambda h, a: F.leaky_relu(h, a.negative_slope),
-    "tanh": lambda h, a: torch.tanh(h),
-    "sigmoid": lambda h, a: torch.sigmoid(h),
-    "gelu": lambda h, a: F.gelu(h),
-    "gelu_tanh": lambda h, a: F.gelu(h, approximate="tanh"),
-    "silu": lambda h, a: F.silu(h),
-    "softplus": lambda h, a: F.softplus(h, a.beta, a.threshold),
-    "erf": lambda h, a: torch.erf(h),
-}
 
 IDENTITY = Activation("identity")
 
@@ -134,22 +120,6 @@ class DenseLayer:
     def pre_activation(self, a: torch.Tensor) -> torch.Tensor:
         """h = scale * a @ weight^T + bias_scale * bias, (N, n_out)."""
         return pre_activation(a, self.weight, self.bias, self.scale, self.bias_scale)
-
-
-def pre_activation(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   scale: float, bias_scale: float) -> torch.Tensor:
-    """h = scale * a @ weight^T + bias_scale * bias, (N, n_out).
-
-    The one place a dense layer's forward is written: :class:`MLP.forward` and
-    the NTK engine both call it, and with scale = bias_scale = 1 it is exactly
-    ``nn.Linear``'s ``F.linear``. Identical operations give identical
-    rounding, so in float32 the engine's ReLU masks are those of the network
-    as it runs (a pre-activation within rounding of 0 can otherwise flip).
-    """
-    if scale == 1.0 and bias_scale in (0.0, 1.0):
-        return F.linear(a, weight, bias if bias_scale == 1.0 else None)
-    h = F.linear(a, weight) * scale
-    return h if bias is None else h + bias_scale * bias
 
 
 class MLP(nn.Module):

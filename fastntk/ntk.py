@@ -20,7 +20,10 @@ output (:func:`fastntk._ops.ntk_accumulate_layers`). Layers are accumulated
 as the backward pass reaches them; where the kernels can add several layers
 in one pass over the output (CUDA; CPU when x2 = x1), consecutive layers are
 cached until their activations and signals reach the output's size and then
-added together. Memory: the pre-activations, the output, and at most the
+added together. A network whose tensors are all trained and used once goes
+through one op call (:func:`fastntk._ops.mlp_ntk`), which runs these same
+steps and kernels in C++, without a Python round trip per layer. Memory:
+the pre-activations, the output, and at most the
 output's size plus one layer of signals (two layers when the output is
 smaller): O(N sum n_l + N K max n_l) + 2 x output at most, instead of a
 Jacobian's O(N K P).
@@ -213,10 +216,11 @@ def _layer_signals(layers: list[DenseLayer], x: torch.Tensor, hs: list[torch.Ten
 def _progress_bar(layers: list[DenseLayer], n_pairs: int, outputs: str, progress: bool | None):
     """A bar counting layers as they are added to the output; by default only
     when the Grams are large enough to take a while (> 1e11 flops)."""
-    k = layers[-1].fan_out
-    k_factor = k * k if outputs == "full" else k
-    flops = 2 * n_pairs * sum(l.fan_in + k_factor * l.fan_out for l in layers)
-    return progress_bar(progress, len(layers), "fastntk.ntk layers", worth_it=flops > 1e11, unit="layer")
+    flops = _gram_flops(layers, n_pairs, outputs)
+    return progress_bar(progress, len(layers), "fastntk.ntk layers", worth_it=flops > _PROGRESS_FLOPS, unit="layer")
+
+
+_PROGRESS_FLOPS = 1e11
 
 
 def _own_coefficients(layer: DenseLayer, l: int, shared: set[tuple[int, int]]) -> tuple[float, float]:
@@ -285,6 +289,41 @@ def _accumulate(accumulate, out: torch.Tensor, coefficients: tuple[float, float]
         accumulate(out[l, 0], *tensors, weight_scale, 0.0)
     if bias_scale != 0.0:
         accumulate(out[l, 1], *tensors, 0.0, bias_scale)
+
+
+#: Whether networks that qualify go through the whole-network op; the tests
+#: set it False to run the same models through the per-layer path too.
+_USE_WHOLE_NETWORK_OP = True
+
+
+def _whole_network(layers: list[DenseLayer], flops: float, progress: bool | None) -> bool:
+    """Whether one :func:`fastntk._ops.mlp_ntk` call can compute the kernel:
+    every weight and bias trained and used once (frozen and shared tensors
+    take the per-layer path, which weights and pairs their terms), and no
+    progress bar over layers wanted (the whole-network op reports none; the
+    automatic bar appears only past 1e11 flops, where the per-layer Python
+    work is a negligible share of the time anyway)."""
+    if not _USE_WHOLE_NETWORK_OP or progress is True or (progress is None and flops > _PROGRESS_FLOPS):
+        return False
+    if any(not l.weight_trained or (l.bias is not None and not l.bias_trained) for l in layers):
+        return False
+    return not _shared_tensors(layers)
+
+
+def _network_arguments(layers: list[DenseLayer]) -> tuple:
+    """The network as :func:`fastntk._ops.mlp_ntk` takes it: weights, biases,
+    scales, bias scales, activation names and parameters."""
+    acts = [layer.activation.op_args() for layer in layers]
+    return ([layer.weight for layer in layers], [layer.bias for layer in layers],
+            [float(layer.scale) for layer in layers], [float(layer.bias_scale) for layer in layers],
+            [a[0] for a in acts], [float(p) for a in acts for p in a[1:]])
+
+
+def _gram_flops(layers: list[DenseLayer], n_pairs: int, outputs: str) -> float:
+    """The Grams' flops, the estimate behind the automatic progress bar."""
+    k = layers[-1].fan_out
+    k_factor = k * k if outputs == "full" else k
+    return 2 * n_pairs * sum(l.fan_in + k_factor * l.fan_out for l in layers)
 
 
 def ntk(
@@ -375,6 +414,10 @@ def ntk(
         shape = (len(layers), 2) + shape
 
     with torch.no_grad(), _tf32(allow_tf32):
+        if _whole_network(layers, _gram_flops(layers, n1 * n2, outputs), progress):
+            out = _ops.mlp_ntk(x1, None if symmetric else x2, *_network_arguments(layers), outputs, layerwise)
+            _check_finite_result("ntk", out, layers, (x1, None), (x2, None))
+            return out
         out = torch.zeros(shape, dtype=x1.dtype, device=x1.device)
         h1 = _forward(layers, x1)
         h2 = h1 if symmetric else _forward(layers, x2)
@@ -529,6 +572,10 @@ def ntk_diag(
     shared = _shared_tensors(layers)
     uses = _shared_uses(shared)
     with torch.no_grad():
+        if _whole_network(layers, 0.0, None):
+            out = _ops.mlp_ntk(x, None, *_network_arguments(layers), outputs, layerwise, diagonal=True)
+            _check_finite_result("ntk_diag", out, layers, (x, None))
+            return out
         out = torch.zeros(shape, dtype=x.dtype, device=x.device)
         accumulate = functools.partial(_ops.ntk_diag_accumulate, outputs=outputs)
         hs = _forward(layers, x)
@@ -567,10 +614,10 @@ def _check_finite_result(function: str, out: torch.Tensor, layers: list[DenseLay
     """Raise if the kernel overflowed (inputs and weights were checked
     finite), naming where. One reduction on the result; the search (another
     forward/backward pass) runs only on failure. ``sides``: (x, [h^l]) of
-    each input batch."""
+    each input batch ([h^l] None: recomputed here)."""
     if _all_finite(out):
         return
-    sites = [_overflow_site(layers, x, hs, out.dtype) for x, hs in sides]
+    sites = [_overflow_site(layers, x, _forward(layers, x) if hs is None else hs, out.dtype) for x, hs in sides]
     where = min((s for s in sites if s is not None), default=(len(layers), "the sum over layers"))[1]
     advice = ("compute in float64 (model.double() and inputs .double())" if out.dtype != torch.float64
               else "rescale the inputs or the weights")

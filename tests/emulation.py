@@ -15,6 +15,7 @@ FAKES = {
     "ntk_accumulate": _ops._ntk_accumulate_fake,
     "ntk_accumulate_layers": _ops._ntk_accumulate_layers_fake,
     "ntk_diag_accumulate": _ops._ntk_diag_accumulate_fake,
+    "mlp_ntk": _ops._mlp_ntk_fake,
 }
 
 

@@ -5,6 +5,7 @@ plus model parsing, symmetry, invariance of the user's objects, bad input."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -12,8 +13,11 @@ import torch
 from torch import nn
 
 import fastntk
-from conftest import (FLOAT32_FACTOR, FLOAT32_FLOOR, TOL, oracle_layerwise, oracle_ntk,
+from conftest import (EMULATION, FLOAT32_FACTOR, FLOAT32_FLOOR, TOL, oracle_layerwise, oracle_ntk,
                       reduce_outputs, rel_err)
+
+#: The engine module (fastntk.ntk is the function of the same name).
+ntk_engine = importlib.import_module("fastntk.ntk")
 
 ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu",
                "softplus", "erf", "identity"]
@@ -42,17 +46,28 @@ def inputs(n, d, device="cpu", dtype=torch.float64, seed=1):
 
 
 def check_all_modes(model, x1, x2, tol):
-    """fastntk's every mode against the oracle; returns nothing, asserts."""
+    """fastntk's every mode against the oracle, through each engine path;
+    returns nothing, asserts."""
     layers = fastntk.parse_model(model)
     ref = oracle_ntk(model, x1, x2)
     ref_lw = oracle_layerwise(model, layers, x1, x2)
+    diag_ref = torch.diagonal(oracle_ntk(model, x1), dim1=0, dim2=1).movedim(-1, 0)  # (N, K, K)
+    # Emulated (minutes per pass), the whole-network op only: the per-layer
+    # path's ops have their own emulated tests, and the engine's grouping
+    # tests below force that path.
+    for whole_network in (True,) if EMULATION else (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ntk_engine, "_USE_WHOLE_NETWORK_OP", whole_network)
+            _check_all_modes(model, x1, x2, tol, ref, ref_lw, diag_ref)
+
+
+def _check_all_modes(model, x1, x2, tol, ref, ref_lw, diag_ref):
     for outputs in OUTPUTS:
         got = fastntk.ntk(model, x1, x2, outputs=outputs)
         assert rel_err(got, reduce_outputs(ref, outputs)) <= tol, outputs
         got_lw = fastntk.ntk(model, x1, x2, outputs=outputs, layerwise=True)
         assert rel_err(got_lw, reduce_outputs(ref_lw, outputs)) <= tol, f"layerwise {outputs}"
         torch.testing.assert_close(got_lw.sum((0, 1)), got, rtol=1e-12, atol=1e-12 * got.abs().max().item())
-    diag_ref = torch.diagonal(oracle_ntk(model, x1), dim1=0, dim2=1).movedim(-1, 0)  # (N, K, K)
     for outputs in OUTPUTS:
         got = fastntk.ntk_diag(model, x1, outputs=outputs)
         assert rel_err(got, reduce_outputs(diag_ref, outputs)) <= tol, f"diag {outputs}"
@@ -100,6 +115,7 @@ def test_symmetric_is_exact_over_several_row_blocks(device, outputs):
 
 
 def _record_layer_groups(monkeypatch):
+    monkeypatch.setattr(ntk_engine, "_USE_WHOLE_NETWORK_OP", False)  # the per-layer path's grouping
     calls = []
     original = fastntk._ops.ntk_accumulate_layers
 
@@ -139,6 +155,30 @@ def test_layers_go_one_at_a_time_when_the_output_is_small(device, monkeypatch):
     got = fastntk.ntk(net, x, outputs="trace")
     assert calls == [1, 1, 1]
     assert rel_err(got, reduce_outputs(oracle_ntk(net, x), "trace")) <= TOL[torch.float64]
+
+
+def test_whole_network_op_is_used_where_it_applies(monkeypatch):
+    """MLPs and Sequentials go through one mlp_ntk call; models with a frozen
+    or a shared tensor, and calls showing a progress bar, take the per-layer
+    path."""
+    calls = []
+    original = fastntk._ops.mlp_ntk
+    monkeypatch.setattr(fastntk._ops, "mlp_ntk", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = inputs(3, 4)
+    shared = nn.Linear(5, 5).double()
+    frozen = make_mlp([4, 5, 2])
+    frozen.biases[0].requires_grad_(False)
+    cases = [(make_mlp([4, 5, 2]), {}, 1), (nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double(), {}, 1),
+             (frozen, {}, 0), (nn.Sequential(nn.Linear(4, 5), shared, nn.ReLU(), shared).double(), {}, 0),
+             (make_mlp([4, 5, 2]), {"progress": True}, 0)]
+    for model, kwargs, expected in cases:
+        calls.clear()
+        fastntk.ntk(model, x, **kwargs)
+        assert len(calls) == expected, (model, kwargs)
+        calls.clear()
+        if not kwargs:
+            fastntk.ntk_diag(model, x)
+            assert len(calls) == expected, model
 
 
 SEQUENTIALS = {

@@ -9,10 +9,12 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 import fastntk
 from fastntk import _ops, _reference
-from conftest import rel_err
+from fastntk.ntk import _network_arguments
+from conftest import EMULATION, rel_err
 
 ACTS = [("relu", {}), ("leaky_relu", {"negative_slope": 0.2}), ("tanh", {}), ("sigmoid", {}),
         ("gelu", {}), ("gelu_tanh", {}), ("silu", {}), ("softplus", {"beta": 2.0, "threshold": 1.0}),
@@ -433,6 +435,155 @@ class TestNtkDiagAccumulate:
             _ops._library().ntk_diag_accumulate(z(3), z(3, 4), z(4, 2, 5), 1.0, 1.0, "trace")
         with pytest.raises(RuntimeError, match=r"out must have shape \[3, 2\]"):
             _ops._library().ntk_diag_accumulate(z(3), z(3, 4), z(3, 2, 5), 1.0, 1.0, "per_output")
+
+
+def network_arguments(model):
+    """mlp_ntk's network arguments for a model, as the engine builds them."""
+    return _network_arguments(fastntk.parse_model(model))
+
+
+def make_network(widths, activation, parametrization, bias, device, dtype, seed=0):
+    return fastntk.MLP(widths, activation=activation, parametrization=parametrization, sigma_w=1.3,
+                       sigma_b=0.3 if parametrization == "ntk" else 0.2, bias=bias, seed=seed,
+                       dtype=dtype).to(device)
+
+
+# (widths, N1, N2): K > 1, K = 1, a width-1 layer, a single layer, deeper.
+MLP_SHAPES = [([5, 7, 6, 3], 5, 3), ([4, 9, 1], 4, 6), ([3, 1, 4, 2], 3, 3), ([6, 2], 4, 2),
+              ([3, 5, 5, 5, 5, 4], 2, 3)]
+
+
+def mlp_modes():
+    """(outputs, layerwise, diagonal) of every kind the op computes."""
+    return [(o, lw, dg) for o in OUTPUTS for lw in (False, True) for dg in (False, True)]
+
+
+class TestMlpNtk:
+    @staticmethod
+    def sample_inputs(device, dtype):
+        """(args, kwargs): every shape, activation (cycled), parametrization,
+        with and without bias, x2 given and None, every mode."""
+        for i, (widths, n1, n2) in enumerate(MLP_SHAPES):
+            act = ACTS[i % len(ACTS)][0]
+            for parametrization in ("ntk", "standard"):
+                net = make_network(widths, act, parametrization, i % 2 == 0, device, dtype, seed=i)
+                x1 = rand(n1, widths[0], device=device, dtype=dtype)
+                x2 = rand(n2, widths[0], device=device, dtype=dtype, noncontig=True)
+                for outputs, layerwise, diagonal in mlp_modes():
+                    for second in ((None,) if diagonal else (None, x2)):
+                        yield (x1, second, *network_arguments(net), outputs), {"layerwise": layerwise,
+                                                                               "diagonal": diagonal}
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_matches_reference(self, device, dtype):
+        samples = list(self.sample_inputs(device, dtype))
+        for args, kwargs in samples[::7] if EMULATION else samples:  # every shape and mode still, emulated
+            got = _ops.mlp_ntk(*args, **kwargs)
+            ref = _reference.mlp_ntk(*args, **kwargs)
+            assert got.shape == ref.shape
+            assert rel_err(got, ref) <= (1e-12 if dtype == torch.float64 else 1e-5), (args[-1], kwargs)
+
+    @pytest.mark.parametrize("activation", [a for a, _ in ACTS])
+    @pytest.mark.parametrize("parametrization", ["ntk", "standard"])
+    def test_matches_jacobian_oracle(self, device, activation, parametrization):
+        """Independent of the reference: float64 torch.func Jacobians of the
+        network's own forward, every mode, both sides, with and without bias."""
+        if EMULATION and parametrization == "standard":
+            pytest.skip("the kernels see only the scales; one parametrization suffices emulated")
+        from conftest import TOL, oracle_layerwise, oracle_ntk, reduce_outputs
+        for bias, (widths, n1, n2) in ((True, ([4, 6, 5, 3], 4, 3)), (False, ([3, 5, 2], 3, 4))):
+            net = make_network(widths, activation, parametrization, bias, device, torch.float64)
+            x1 = rand(n1, widths[0], device=device, dtype=torch.float64)
+            x2 = rand(n2, widths[0], device=device, dtype=torch.float64)
+            layers = fastntk.parse_model(net)
+            args = network_arguments(net)
+            for second in (None, x2):
+                full, lw = oracle_ntk(net, x1, second), oracle_layerwise(net, layers, x1, second)
+                diag = torch.diagonal(oracle_ntk(net, x1), dim1=0, dim2=1).movedim(-1, 0)
+                diag_lw = torch.diagonal(oracle_layerwise(net, layers, x1), dim1=2, dim2=3).movedim(-1, 2)
+                for outputs in OUTPUTS:
+                    for layerwise, want in ((False, full), (True, lw)):
+                        got = _ops.mlp_ntk(x1, second, *args, outputs, layerwise)
+                        assert rel_err(got, reduce_outputs(want, outputs)) <= TOL[torch.float64], outputs
+                    if second is None:
+                        for layerwise, want in ((False, diag), (True, diag_lw)):
+                            got = _ops.mlp_ntk(x1, None, *args, outputs, layerwise, diagonal=True)
+                            assert rel_err(got, reduce_outputs(want, outputs)) <= TOL[torch.float64], outputs
+
+    def test_mixed_activations_and_output_activation(self, device):
+        """A network whose layers differ in activation and parameters, ending in
+        an activation, against the Jacobian oracle."""
+        from conftest import TOL, oracle_ntk, reduce_outputs
+        net = nn.Sequential(nn.Linear(4, 5), nn.LeakyReLU(0.2), nn.Linear(5, 6), nn.Softplus(beta=2.0, threshold=1.0),
+                            nn.Linear(6, 3), nn.Sigmoid()).double().to(device)
+        x1 = rand(4, 4, device=device, dtype=torch.float64)
+        x2 = rand(3, 4, device=device, dtype=torch.float64)
+        for second in (None, x2):
+            ref = oracle_ntk(net, x1, second)
+            for outputs in OUTPUTS:
+                got = _ops.mlp_ntk(x1, second, *network_arguments(net), outputs)
+                assert rel_err(got, reduce_outputs(ref, outputs)) <= TOL[torch.float64], outputs
+
+    def test_symmetric_is_exact(self, device):
+        if fastntk.backend() != "compiled":
+            pytest.skip("exact symmetry is the compiled kernels' (the reference is symmetric to rounding)")
+        net = make_network([3, 8, 8, 2], "tanh", "ntk", True, device, torch.float64)
+        x = rand(7, 3, device=device, dtype=torch.float64)
+        got = _ops.mlp_ntk(x, None, *network_arguments(net), "full")
+        assert torch.equal(got, got.permute(1, 0, 3, 2))
+
+    def test_zero_inputs(self, device):
+        net = make_network([3, 4, 2], "relu", "ntk", True, device, torch.float64)
+        got = _ops.mlp_ntk(torch.zeros(0, 3, device=device, dtype=torch.float64), None, *network_arguments(net),
+                           "per_output", True)
+        assert got.shape == (2, 2, 0, 0, 2)
+
+    def test_opcheck(self, device):
+        samples = list(self.sample_inputs(device, torch.float64))
+        for args, kwargs in samples[::37] if EMULATION else samples[::5]:
+            torch.library.opcheck(_ops._library().mlp_ntk.default, args, kwargs)
+
+    def test_compile(self, device):
+        net = make_network([4, 5, 2], "gelu", "ntk", True, device, torch.float64)
+        args = network_arguments(net)
+        f = torch.compile(lambda x: _ops.mlp_ntk(x, None, *args, "full"), fullgraph=True, backend="aot_eager")
+        x = rand(3, 4, device=device, dtype=torch.float64)
+        torch.testing.assert_close(f(x), _reference.mlp_ntk(x, None, *args, "full"))
+
+    @pytest.mark.parametrize("change,match", [
+        (lambda a: a.update(weights=[]), "weights must hold at least one layer's weight, got an empty list"),
+        (lambda a: a.update(scales=[1.0]), "one entry per layer, got lengths 2, 2, 1, 2, 2"),
+        (lambda a: a.update(activation_params=[0.01]), "activation_params must hold 3 values .* 6 in all, got 1"),
+        (lambda a: a.update(x1=torch.zeros(3)), r"x1 must have 2 dimensions, got shape \(3\)"),
+        (lambda a: a.update(x1=torch.zeros(2, 5)), r"weights\[0\].size\(1\) must equal x1.size\(1\) \(5\), got shape \(6, 4\)"),
+        (lambda a: a["weights"].__setitem__(1, torch.zeros(2, 7)),
+         r"weights\[1\].size\(1\) must equal the previous layer's output size \(6\), got shape \(2, 7\)"),
+        (lambda a: a["weights"].__setitem__(1, torch.zeros(2, 6, 1)), r"weights\[1\] must have 2 dimensions"),
+        (lambda a: a["weights"].__setitem__(0, torch.zeros(6, 4, dtype=torch.float64)),
+         r"weights\[0\] must have the dtype of x1 \((Float|torch.float32)\), got (Double|torch.float64)"),
+        (lambda a: a["biases"].__setitem__(0, torch.zeros(5)), r"biases\[0\] must have shape \(6,\), got shape \(5\)"),
+        (lambda a: a["activations"].__setitem__(0, "swish"), r"activations\[0\]: activation must be one of .*got 'swish'"),
+        (lambda a: a.update(outputs="diag"), "outputs must be one of full, trace, per_output"),
+        (lambda a: a.update(x2=torch.zeros(3, 5)), r"x2.size\(1\) must equal x1.size\(1\) \(4\), got shape \(3, 5\)"),
+        (lambda a: a.update(x2=torch.zeros(3, 4), diagonal=True), "x2 must be None when diagonal is true"),
+        (lambda a: a.update(x1=torch.zeros(2, 4, dtype=torch.int32)), "x1 must be float32 or float64, got (Int|torch.int32)"),
+    ])
+    def test_bad_inputs(self, change, match):
+        args = {"x1": torch.zeros(2, 4), "x2": None, "weights": [torch.zeros(6, 4), torch.zeros(2, 6)],
+                "biases": [torch.zeros(6), None], "scales": [1.0, 1.0], "bias_scales": [1.0, 0.0],
+                "activations": ["relu", "identity"], "activation_params": [0.01, 1.0, 20.0] * 2,
+                "outputs": "full", "layerwise": False, "diagonal": False}
+        change(args)
+        with pytest.raises((RuntimeError, ValueError), match=match):
+            _ops._library().mlp_ntk(*args.values())
+        # The fake kernel (torch.compile, FakeTensor) refuses it alike.
+        with pytest.raises((RuntimeError, ValueError), match=match):
+            _ops._mlp_ntk_fake(*args.values())
+
+    def test_refuses_grad(self):
+        w = torch.zeros(2, 4, requires_grad=True)
+        with pytest.raises(RuntimeError, match=r"weights\[0\] requires grad.*not differentiable"):
+            _ops.mlp_ntk(torch.zeros(3, 4), None, [w], [None], [1.0], [0.0], ["identity"], [0.01, 1.0, 20.0], "full")
 
 
 def test_schemas_match_compiled(ops_namespace):

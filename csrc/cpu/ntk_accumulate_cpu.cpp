@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../ntk_common.h"
+#include "cpu_drivers.h"
 
 namespace fastntk {
 namespace {
@@ -204,9 +205,12 @@ void accumulate_block(scalar_t* out, scalar_t* bias_out, const std::vector<Term<
   });
 }
 
-// The shared driver of both ops: layers in passes of up to kMaxFusedLayers,
-// rows in blocks, each block's Grams by GEMM, then one epilogue per block.
-void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_out, at::TensorList a1,
+}  // namespace
+
+// The shared driver of both ops (and of mlp_ntk): layers in passes of up to
+// kMaxFusedLayers, rows in blocks, each block's Grams by GEMM, then one
+// epilogue per block.
+void accumulate_layers_cpu(at::Tensor& out, const std::optional<at::Tensor>& bias_out, at::TensorList a1,
                        at::TensorList a2, at::TensorList d1, at::TensorList d2,
                        at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
@@ -242,11 +246,9 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
   });
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(fastntk, CPU, m) {
-  m.impl("ntk_accumulate", &ntk_accumulate_entry<accumulate_layers>);
-  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_entry<accumulate_layers>);
+  m.impl("ntk_accumulate", &ntk_accumulate_entry<accumulate_layers_cpu>);
+  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_entry<accumulate_layers_cpu>);
 }
 
 }  // namespace fastntk

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "../ntk_common.h"
+#include "cuda_drivers.cuh"
 #include "launch.cuh"
 
 namespace fastntk {
@@ -180,9 +181,12 @@ void launch_block(OutputMode mode, at::Tensor& out, const std::optional<at::Tens
   }
 }
 
-// The shared driver of both ops: layers in passes of up to kMaxFusedLayers,
-// rows in blocks, each block's Grams by cuBLAS, then one kernel per block.
-void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_out, at::TensorList a1,
+}  // namespace
+
+// The shared driver of both ops (and of mlp_ntk): layers in passes of up to
+// kMaxFusedLayers, rows in blocks, each block's Grams by cuBLAS, then one
+// kernel per block.
+void accumulate_layers_cuda(at::Tensor& out, const std::optional<at::Tensor>& bias_out, at::TensorList a1,
                        at::TensorList a2, at::TensorList d1, at::TensorList d2,
                        at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
   cuda::check_device(out, "out");
@@ -213,11 +217,9 @@ void accumulate_layers(at::Tensor& out, const std::optional<at::Tensor>& bias_ou
   });
 }
 
-}  // namespace
-
 FASTNTK_CUDA_LIBRARY_IMPL(m) {
-  m.impl("ntk_accumulate", &ntk_accumulate_entry<accumulate_layers>);
-  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_entry<accumulate_layers>);
+  m.impl("ntk_accumulate", &ntk_accumulate_entry<accumulate_layers_cuda>);
+  m.impl("ntk_accumulate_layers", &ntk_accumulate_layers_entry<accumulate_layers_cuda>);
 }
 
 }  // namespace fastntk
