@@ -15,6 +15,8 @@ CSV, and a ``plot_*`` function writing a PNG (matplotlib, Agg backend):
 - :func:`layer_shares`: each layer's share of Theta(x, x) per phase.
 - :func:`training`: the NTK during training per phase on digits (ICML 2022).
 - :func:`divergence`: cross-entropy vs squared loss, the NTK's drift under long training.
+- :func:`lazy`: network vs linearized model vs kernel regression, vs width.
+- :func:`mirrored`: standard vs mirrored initialization, test error vs sample size.
 
 Modules: ``tables`` (CSV and argument checks), ``figures`` (shared plotting),
 ``record`` (the JSON run record), ``registry`` (experiments by name),
@@ -35,6 +37,9 @@ from .tables import load_csv, save_csv
 
 # Registration order is the order `fastntk run --help` lists them in.
 _MODULES = ("dispersion", "convergence", "layer_shares", "training", "divergence")
+# --- lazy regime and mirrored initialization (begin) ---
+_MODULES += ("lazy", "mirrored")
+# --- lazy regime and mirrored initialization (end) ---
 for _name in _MODULES:
     registry.register(importlib.import_module(f"{__name__}.{_name}").EXPERIMENT)
 
@@ -43,9 +48,17 @@ from .dispersion import dispersion, plot_dispersion  # noqa: E402
 from .divergence import divergence, plot_divergence  # noqa: E402
 from .layer_shares import layer_shares, plot_layer_shares  # noqa: E402
 from .training import plot_training, training  # noqa: E402
+# --- lazy regime and mirrored initialization (begin) ---
+from .lazy import lazy, plot_lazy, sphere_regression, summarize_lazy  # noqa: E402
+from .mirrored import mirrored, plot_mirrored, summarize_mirrored  # noqa: E402
+# --- lazy regime and mirrored initialization (end) ---
 
 __all__ = [
     "ICML_SIGMA_W2", "PHASES", "Experiment", "get", "names", "dispersion", "convergence", "convergence_rates",
     "layer_shares", "training", "plot_training", "divergence", "plot_divergence", "plot_dispersion", "plot_convergence", "plot_layer_shares", "save_csv", "load_csv",
     "phase_of", "sphere_inputs",
 ]
+# --- lazy regime and mirrored initialization (begin) ---
+__all__ += ["lazy", "plot_lazy", "summarize_lazy", "sphere_regression", "mirrored", "plot_mirrored",
+            "summarize_mirrored"]
+# --- lazy regime and mirrored initialization (end) ---
