@@ -244,8 +244,9 @@ def plot_lazy(rows: list[dict], path: str, *, title: str | None = None) -> str:
         ax.legend(fontsize=8)
     r0 = rows[0]
     fig.suptitle(title or f"Lazy training: ReLU MLP, {r0['depth']} hidden layer(s), NTK parametrization, "
-                          f"{r0['n_train']} points on the sphere in R^{r0['dim']}, {r0['n_steps']} steps of "
-                          f"gradient descent (lr {r0['lr']:g}), {summary[0]['n_seeds']} inits per width")
+                          f"{r0['n_train']} points on the sphere in R^{r0['dim']},\n{r0['n_steps']} steps of "
+                          f"full-batch gradient descent (lr {r0['lr']:g}), {summary[0]['n_seeds']} inits per width",
+                 fontsize=11)
     figures.save(fig, path)
     plt.close(fig)
     return path
