@@ -22,8 +22,8 @@ def _outputs(out, name):
 
 
 def test_lazy_tiny(tmp_path, capsys):
-    assert main(["run", "lazy", "--width", "16", "512", "--seeds", "2", "--steps", "60", "--lr", "0.5",
-                 "--n-train", "16", "--n-test", "100", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["run", "lazy", "--width", "16", "512", "--seeds", "2", "--steps", "30", "--lr", "0.5",
+                 "--n-train", "16", "--n-test", "50", "--out", str(tmp_path), "--no-progress"]) == 0
     rows, record = _outputs(tmp_path, "lazy")
     assert record["settings"]["widths"] == [16, 512] and len(rows) == 4
     assert "fitted slopes vs width" in capsys.readouterr().out
@@ -41,7 +41,7 @@ def test_lazy_tiny(tmp_path, capsys):
 
 
 def test_mirrored_tiny(tmp_path, capsys):
-    assert main(["run", "mirrored", "--n-train", "8", "64", "--seeds", "2", "--width", "256", "--steps", "60",
+    assert main(["run", "mirrored", "--n-train", "8", "64", "--seeds", "2", "--width", "256", "--steps", "30",
                  "--lr", "0.5", "--n-test", "200", "--out", str(tmp_path), "--no-progress"]) == 0
     rows, record = _outputs(tmp_path, "mirrored")
     assert record["settings"]["n_trains"] == [8, 64] and len(rows) == 2 * 2 * 2

@@ -49,7 +49,8 @@ from .divergence import divergence, plot_divergence  # noqa: E402
 from .layer_shares import layer_shares, plot_layer_shares  # noqa: E402
 from .training import plot_training, training  # noqa: E402
 # --- lazy regime and mirrored initialization (begin) ---
-from .lazy import lazy, plot_lazy, sphere_regression, summarize_lazy  # noqa: E402
+from .lazy import lazy, plot_lazy, summarize_lazy  # noqa: E402
+from .regression import sphere_regression  # noqa: E402
 from .mirrored import mirrored, plot_mirrored, summarize_mirrored  # noqa: E402
 # --- lazy regime and mirrored initialization (end) ---
 

@@ -5,90 +5,25 @@ t = inf), vs width.
 
 NTK theory says that as the width grows the network's function during
 training approaches the linearized model's, and after training the kernel
-regression's (from the initial function f0, which the network keeps). This
-module also holds what the regression experiments share: a smooth target on
-the sphere (:func:`sphere_regression`), full-batch gradient descent on the
-squared loss (:func:`train_mse`) and the log-log slope (:func:`loglog_slope`).
+regression's (from the initial function f0, which the network keeps).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from .._progress import progress_bar
-from ..models import MLP
 from ..training.linearize import linearize
 from ..training.predict import ntk_predict
 from . import figures
+from .regression import (add_training_arguments, check_training, relu_mlp, rms, sphere_regression, summarize,
+                         train_mse, training_settings, write_outputs)
 from .registry import Experiment, add_list_argument, flatten
-from .tables import check_int, check_number, check_rows, int_list, save_csv
-
-
-def sphere_regression(n_train: int, n_test: int, dim: int, seed: int = 0, dtype=torch.float64):
-    """A smooth regression task: inputs uniform on the sphere of radius
-    sqrt(dim) in R^dim (so ``<x, x> / dim = 1``, the scale the NTK
-    parametrization expects), target f*(x) = a + a b / 2 with a = <x, u>,
-    b = <x, v> for fixed random unit vectors u, v (a degree-2 polynomial:
-    smooth, in the NTK's RKHS, variance about 1.25).
-
-    Returns
-    -------
-    (x_train (n_train, dim), y_train (n_train, 1), x_test (n_test, dim),
-    y_test (n_test, 1)). The training points for a smaller ``n_train`` are the
-    first rows of those for a larger one (same ``seed``); the test set and the
-    target depend only on ``dim`` and ``seed``.
-    """
-    n_train, n_test = check_int("n_train", n_train, 1), check_int("n_test", n_test, 1)
-    dim = check_int("dim", dim, 1)
-    g = torch.Generator().manual_seed(int(seed) + 2024)
-    u, v = torch.nn.functional.normalize(torch.randn(2, dim, generator=g, dtype=torch.float64), dim=1)
-    g_test = torch.Generator().manual_seed(int(seed) + 4048)
-
-    def sphere(k, gen):
-        x = torch.randn(k, dim, generator=gen, dtype=torch.float64)
-        return x / x.norm(dim=1, keepdim=True) * math.sqrt(dim)
-
-    def target(x):
-        a, b = x @ u, x @ v
-        return (a + 0.5 * a * b)[:, None]
-
-    x_test, x_train = sphere(n_test, g_test), sphere(n_train, g)
-    return (x_train.to(dtype), target(x_train).to(dtype), x_test.to(dtype), target(x_test).to(dtype))
-
-
-def train_mse(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_steps: int, lr: float,
-              on_step=None) -> float:
-    """``n_steps`` of full-batch gradient descent (``torch.optim.SGD``) on
-    L = (1 / 2N) sum_i ||f(x_i) - y_i||^2, the convention of
-    :func:`fastntk.ntk_predict`; ``on_step()`` after each step. Returns the
-    final training loss."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(n_steps):
-        opt.zero_grad()
-        (((model(x) - y) ** 2).sum() / (2 * len(x))).backward()
-        opt.step()
-        if on_step is not None:
-            on_step()
-    with torch.no_grad():
-        return (((model(x) - y) ** 2).sum() / (2 * len(x))).item()
-
-
-def loglog_slope(x, y) -> float:
-    """Least-squares slope of log y vs log x (NaN with fewer than two distinct
-    x or a non-positive y)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or np.ptp(x) == 0 or not np.all(y > 0):
-        return math.nan
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
-
-
-def _rms(t: torch.Tensor) -> float:
-    return t.pow(2).mean().sqrt().item()
+from .tables import check_rows, int_list
 
 
 def lazy(
@@ -133,21 +68,16 @@ def lazy(
     says, up to rounding); weight_change (||w - w0|| / ||w0|| of the network).
     """
     widths = int_list("widths", widths, 1)
-    n_seeds, depth = check_int("n_seeds", n_seeds, 1), check_int("depth", depth, 1)
-    n_steps = check_int("n_steps", n_steps, 1)
-    lr = check_number("lr", lr, 0.0, lo_open=True)
-    sigma_w2 = check_number("sigma_w2", sigma_w2, 0.0, lo_open=True)
-    sigma_b = check_number("sigma_b", sigma_b, 0.0)
-    check_int("seed", seed, 0)
+    n_seeds, depth, n_steps, lr, sigma_w2, sigma_b, seed = check_training(n_seeds, depth, n_steps, lr, sigma_w2,
+                                                                          sigma_b, seed)
     device = torch.device(device or "cpu")
     x, y, x_test, y_test = (t.to(device) for t in sphere_regression(n_train, n_test, dim, seed))
-    y_scale = _rms(y_test)
+    y_scale = rms(y_test)
     rows = []
     bar = progress_bar(progress, len(widths) * n_seeds * n_steps, "lazy", worth_it=True, unit="step")
     for width in widths:
         for s in range(seed, seed + n_seeds):
-            net = MLP([dim] + [width] * depth + [1], activation="relu", parametrization="ntk",
-                      sigma_w=math.sqrt(sigma_w2), sigma_b=sigma_b, seed=s, dtype=torch.float64, device=device)
+            net = relu_mlp(dim, width, depth, sigma_w2, sigma_b, s, device)
             w0 = torch.cat([p.detach().flatten() for p in net.parameters()])
             pred = ntk_predict(net, x, y, x_test, t=[n_steps, math.inf], lr=lr, method="gd")
             lin = linearize(net)
@@ -164,9 +94,9 @@ def lazy(
                 "test_mse_linearized": (f_lin - yt).pow(2).mean().item(),
                 "test_mse_kernel_regression": (f_kr - yt).pow(2).mean().item(),
                 "train_loss_network": loss_net, "train_loss_linearized": loss_lin,
-                "dist_network_linearized": _rms(f_net - f_lin) / y_scale,
-                "dist_network_kernel_regression": _rms(f_net - f_kr) / y_scale,
-                "dist_linearized_kernel_regression": _rms(f_lin - f_kr) / y_scale,
+                "dist_network_linearized": rms(f_net - f_lin) / y_scale,
+                "dist_network_kernel_regression": rms(f_net - f_kr) / y_scale,
+                "dist_linearized_kernel_regression": rms(f_lin - f_kr) / y_scale,
                 "linearized_vs_closed_form": (f_lin - f_t).abs().max().item(),
                 "weight_change": ((w - w0).norm() / w0.norm()).item(),
             })
@@ -181,20 +111,7 @@ def summarize_lazy(rows: list[dict]) -> list[dict]:
     ``<distance>_slope`` (the same on every row)."""
     check_rows(rows, ("width", "seed", "test_mse_network", "dist_network_linearized"), "summarize_lazy")
     keys = [k for k in rows[0] if k.startswith(("test_mse_", "dist_"))]
-    out = []
-    for width in sorted({r["width"] for r in rows}):
-        sel = [r for r in rows if r["width"] == width]
-        row = {"width": width, "n_seeds": len(sel)}
-        for k in keys:
-            v = np.array([r[k] for r in sel], dtype=float)
-            row[k] = float(v.mean())
-            row[f"{k}_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-        out.append(row)
-    for k in (k for k in keys if k.startswith("dist_")):
-        slope = loglog_slope([r["width"] for r in out], [r[k] for r in out])
-        for r in out:
-            r[f"{k}_slope"] = slope
-    return out
+    return summarize(rows, "width", keys, [k for k in keys if k.startswith("dist_")])
 
 
 _CURVES = {  # key: (label, colour, line style)
@@ -287,19 +204,13 @@ examples:
 
 def _add_arguments(parser) -> None:
     add_list_argument(parser, "--width", int, "W", "hidden widths (default 64 256 1024 4096)")
-    parser.add_argument("--seeds", type=int, default=2, help="inits per width (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=1, help="hidden layers (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1000, help="gradient descent steps (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1.0, help="learning rate (default: %(default)s)")
     parser.add_argument("--n-train", type=int, default=64, help="training points (default: %(default)s)")
-    parser.add_argument("--n-test", type=int, default=500, help="test points (default: %(default)s)")
-    parser.add_argument("--dim", type=int, default=3, help="input dimension (default: %(default)s)")
+    add_training_arguments(parser, seeds_help="inits per width", n_test=500, dim=3)
 
 
 def _run(args):
-    settings = dict(widths=flatten(args.width) or [64, 256, 1024, 4096], n_seeds=args.seeds, depth=args.depth,
-                    n_steps=args.steps, lr=args.lr, n_train=args.n_train, n_test=args.n_test, dim=args.dim,
-                    seed=args.seed, device=args.device)
+    settings = dict(widths=flatten(args.width) or [64, 256, 1024, 4096], n_train=args.n_train,
+                    **training_settings(args))
     rows = lazy(**settings, progress=False if args.no_progress else None)
     summary = summarize_lazy(rows)
     for r in summary:
@@ -309,9 +220,7 @@ def _run(args):
               f"network-kernel regression {r['dist_network_kernel_regression']:.3g}")
     print(f"  fitted slopes vs width: network-linearized {summary[0]['dist_network_linearized_slope']:.2f}, "
           f"network-kernel regression {summary[0]['dist_network_kernel_regression_slope']:.2f}")
-    files = {"png": plot_lazy(rows, os.path.join(args.out, "lazy.png")),
-             "summary_csv": save_csv(summary, os.path.join(args.out, "lazy_summary.csv"))}
-    return rows, settings, files
+    return rows, settings, write_outputs("lazy", rows, summary, plot_lazy, args.out)
 
 
 EXPERIMENT = Experiment(

@@ -14,19 +14,18 @@ slower.
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from .._progress import progress_bar
-from ..models import MLP
 from ..training.predict import ntk_predict
 from . import figures
-from .lazy import loglog_slope, sphere_regression, train_mse
+from .regression import (add_training_arguments, check_training, relu_mlp, rms, sphere_regression, summarize,
+                         train_mse, training_settings, write_outputs)
 from .registry import Experiment, add_list_argument, flatten
-from .tables import check_int, check_number, check_rows, int_list, save_csv
+from .tables import check_int, check_rows, int_list
 
 INITS = ("standard", "mirrored")
 
@@ -67,16 +66,13 @@ def mirrored(
     the test set: 0 for mirrored); train_loss_network.
     """
     n_trains = sorted(int_list("n_trains", n_trains, 2))
-    n_seeds, width = check_int("n_seeds", n_seeds, 1), check_int("width", width, 1)
-    depth, n_steps = check_int("depth", depth, 1), check_int("n_steps", n_steps, 1)
-    lr = check_number("lr", lr, 0.0, lo_open=True)
-    sigma_w2 = check_number("sigma_w2", sigma_w2, 0.0, lo_open=True)
-    sigma_b = check_number("sigma_b", sigma_b, 0.0)
-    check_int("seed", seed, 0)
+    width = check_int("width", width, 1)
+    n_seeds, depth, n_steps, lr, sigma_w2, sigma_b, seed = check_training(n_seeds, depth, n_steps, lr, sigma_w2,
+                                                                          sigma_b, seed)
     device = torch.device(device or "cpu")
     x_all, y_all, x_test, y_test = (t.to(device) for t in sphere_regression(n_trains[-1], n_test, dim, seed))
     yt = y_test.cpu()
-    y_scale = yt.pow(2).mean().sqrt().item()
+    y_scale = rms(yt)
     rows = []
     total = len(n_trains) * n_seeds * len(INITS) * n_steps
     bar = progress_bar(progress, total, "mirrored", worth_it=True, unit="step")
@@ -84,9 +80,7 @@ def mirrored(
         x, y = x_all[:n], y_all[:n]
         for s in range(seed, seed + n_seeds):
             for init in INITS:
-                net = MLP([dim] + [width] * depth + [1], activation="relu", parametrization="ntk",
-                          sigma_w=math.sqrt(sigma_w2), sigma_b=sigma_b, seed=s, dtype=torch.float64,
-                          device=device, mirrored=init == "mirrored")
+                net = relu_mlp(dim, width, depth, sigma_w2, sigma_b, s, device, mirrored=init == "mirrored")
                 pred = ntk_predict(net, x, y, x_test, t=[n_steps, math.inf], lr=lr, method="gd")
                 loss = train_mse(net, x, y, n_steps, lr, on_step=bar.update)
                 with torch.no_grad():
@@ -97,8 +91,8 @@ def mirrored(
                     "test_mse_network": (f_net - yt).pow(2).mean().item(),
                     "test_mse_ntk": (pred.test[0] - yt).pow(2).mean().item(),
                     "test_mse_kernel_regression": (pred.test[1] - yt).pow(2).mean().item(),
-                    "dist_network_ntk": (f_net - pred.test[0]).pow(2).mean().sqrt().item() / y_scale,
-                    "f0_rms": pred.f0_test.pow(2).mean().sqrt().item(),
+                    "dist_network_ntk": rms(f_net - pred.test[0]) / y_scale,
+                    "f0_rms": rms(pred.f0_test),
                     "train_loss_network": loss,
                 })
     bar.close()
@@ -114,23 +108,9 @@ def summarize_mirrored(rows: list[dict]) -> list[dict]:
     every row of an init): list of dicts init, n_train, n_seeds, ``<key>``,
     ``<key>_se``, and ``<test error>_slope``."""
     check_rows(rows, ("init", "n_train", "seed") + _MEASURES, "summarize_mirrored")
-    out = []
-    for init in INITS:
-        group = []
-        for n in sorted({r["n_train"] for r in rows if r["init"] == init}):
-            sel = [r for r in rows if r["init"] == init and r["n_train"] == n]
-            row = {"init": init, "n_train": n, "n_seeds": len(sel)}
-            for k in _MEASURES:
-                v = np.array([r[k] for r in sel], dtype=float)
-                row[k] = float(v.mean())
-                row[f"{k}_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-            group.append(row)
-        for k in (k for k in _MEASURES if k.startswith("test_mse")):
-            slope = loglog_slope([r["n_train"] for r in group], [r[k] for r in group])
-            for r in group:
-                r[f"{k}_slope"] = slope
-        out += group
-    return out
+    slopes = [k for k in _MEASURES if k.startswith("test_mse")]
+    return [r for init in INITS
+            for r in summarize([r for r in rows if r["init"] == init], "n_train", _MEASURES, slopes, {"init": init})]
 
 
 def plot_mirrored(rows: list[dict], path: str, *, title: str | None = None) -> str:
@@ -212,19 +192,13 @@ examples:
 
 def _add_arguments(parser) -> None:
     add_list_argument(parser, "--n-train", int, "N", "training-set sizes (default 32 64 128 256 512)")
-    parser.add_argument("--seeds", type=int, default=2, help="inits per size (default: %(default)s)")
     parser.add_argument("--width", type=int, default=1024, help="hidden width (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=1, help="hidden layers (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1000, help="gradient descent steps (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1.0, help="learning rate (default: %(default)s)")
-    parser.add_argument("--n-test", type=int, default=1000, help="test points (default: %(default)s)")
-    parser.add_argument("--dim", type=int, default=4, help="input dimension (default: %(default)s)")
+    add_training_arguments(parser, seeds_help="inits per size", n_test=1000, dim=4)
 
 
 def _run(args):
-    settings = dict(n_trains=flatten(args.n_train) or [32, 64, 128, 256, 512], n_seeds=args.seeds,
-                    width=args.width, depth=args.depth, n_steps=args.steps, lr=args.lr, n_test=args.n_test,
-                    dim=args.dim, seed=args.seed, device=args.device)
+    settings = dict(n_trains=flatten(args.n_train) or [32, 64, 128, 256, 512], width=args.width,
+                    **training_settings(args))
     rows = mirrored(**settings, progress=False if args.no_progress else None)
     summary = summarize_mirrored(rows)
     for init in INITS:
@@ -232,9 +206,7 @@ def _run(args):
         print(f"  {init:>8} init: test MSE " + ", ".join(f"{r['test_mse_network']:.3g}" for r in sel)
               + f" at n = {', '.join(str(r['n_train']) for r in sel)}; rate {sel[0]['test_mse_network_slope']:.2f} "
               f"(NTK regression: {sel[0]['test_mse_ntk_slope']:.2f})")
-    files = {"png": plot_mirrored(rows, os.path.join(args.out, "mirrored.png")),
-             "summary_csv": save_csv(summary, os.path.join(args.out, "mirrored_summary.csv"))}
-    return rows, settings, files
+    return rows, settings, write_outputs("mirrored", rows, summary, plot_mirrored, args.out)
 
 
 EXPERIMENT = Experiment(
