@@ -16,6 +16,8 @@ CSV, and a ``plot_*`` function writing a PNG (matplotlib, Agg backend):
 - :func:`training`: the NTK during training per phase on digits (ICML 2022).
 - :func:`divergence`: cross-entropy vs squared loss, the NTK's drift under long training.
 - :func:`regime`: in or out of the NTK regime per phase and depth (MSML 2021).
+- :func:`lazy`: network vs linearized model vs kernel regression, vs width.
+- :func:`mirrored`: standard vs mirrored initialization, test error vs sample size.
 
 Modules: ``tables`` (CSV and argument checks), ``figures`` (shared plotting),
 ``record`` (the JSON run record), ``registry`` (experiments by name),
@@ -35,7 +37,7 @@ from .registry import Experiment, get, names
 from .tables import load_csv, save_csv
 
 # Registration order is the order `fastntk run --help` lists them in.
-_MODULES = ("dispersion", "convergence", "layer_shares", "training", "divergence")
+_MODULES = ("dispersion", "convergence", "layer_shares", "training", "divergence", "regime", "lazy", "mirrored")
 for _name in _MODULES:
     registry.register(importlib.import_module(f"{__name__}.{_name}").EXPERIMENT)
 
@@ -43,17 +45,16 @@ from .convergence import convergence, convergence_rates, plot_convergence  # noq
 from .dispersion import dispersion, plot_dispersion  # noqa: E402
 from .divergence import divergence, plot_divergence  # noqa: E402
 from .layer_shares import layer_shares, plot_layer_shares  # noqa: E402
+from .lazy import lazy, plot_lazy, summarize_lazy  # noqa: E402
+from .mirrored import mirrored, plot_mirrored, summarize_mirrored  # noqa: E402
+from .regime import plot_regime, regime  # noqa: E402
+from .regression import sphere_regression  # noqa: E402
 from .training import plot_training, training  # noqa: E402
 
 __all__ = [
-    "ICML_SIGMA_W2", "PHASES", "Experiment", "get", "names", "dispersion", "convergence", "convergence_rates",
-    "layer_shares", "training", "plot_training", "divergence", "plot_divergence", "plot_dispersion", "plot_convergence", "plot_layer_shares", "save_csv", "load_csv",
-    "phase_of", "sphere_inputs",
+    "ICML_SIGMA_W2", "PHASES", "Experiment", "get", "names", "load_csv", "save_csv", "phase_of", "sphere_inputs",
+    "dispersion", "plot_dispersion", "convergence", "convergence_rates", "plot_convergence",
+    "layer_shares", "plot_layer_shares", "training", "plot_training", "divergence", "plot_divergence",
+    "regime", "plot_regime", "lazy", "plot_lazy", "summarize_lazy", "sphere_regression",
+    "mirrored", "plot_mirrored", "summarize_mirrored",
 ]
-
-# --- regime (MSML 2021): registered after the experiments above ---
-registry.register(importlib.import_module(f"{__name__}.regime").EXPERIMENT)
-from .regime import plot_regime, regime  # noqa: E402
-
-__all__ += ["regime", "plot_regime"]
-# --- end regime ---
