@@ -362,9 +362,8 @@ regime.json into --out.
 
 Defaults: --activation relu sigmoid --depths 1 3 6 10 --width 64 --dim 16
 --n-train 32 --n-test 32 --inits 4 --steps 300 --lr-scale 0.5
---sigma-b 0.5. Measured: more than 10 minutes of CPU time (over 40
-minutes of wall time on 2 cores shared with other jobs, load 13-21); the
-end-to-end test's size (--activation relu --depths 6 --width 16 --inits 3
+--sigma-b 0.5. Measured: 7.5 minutes on 2 cores shared with other jobs
+(load 4-9); the end-to-end test's size (--activation relu --depths 6 --width 16 --inits 3
 --steps 60) takes seconds. The paper's full
 setting: ReLU and sigmoid networks, depths up to tens of layers, widths in
 the hundreds to thousands, many inits, on MNIST-sized data and long
