@@ -50,7 +50,7 @@ def per_layer(fn):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench-results/ab.json")
-    ap.add_argument("--workloads", default="S,M,W,D")
+    ap.add_argument("--workloads", default="S,M,W,D,L")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--budget", type=float, default=6.0, help="seconds per (workload, mode)")
     ap.add_argument("--min-rounds", type=int, default=5)
