@@ -10,7 +10,6 @@ and refuses anything else with a ``TypeError`` naming the module.
 
 from __future__ import annotations
 
-import dataclasses
 import copy
 import math
 from dataclasses import dataclass
@@ -122,6 +121,16 @@ class DenseLayer:
         return pre_activation(a, self.weight, self.bias, self.scale, self.bias_scale)
 
 
+def _parameter_list(params: nn.ParameterList) -> list:
+    """The entries of a ParameterList, read from its parameter dict (its
+    indexing costs several microseconds per entry, on every NTK call)."""
+    found = params._parameters
+    n = len(params)
+    if len(found) == n:
+        return [found[str(i)] for i in range(n)]
+    return list(params)
+
+
 class MLP(nn.Module):
     """A dense network in NTK or standard parametrization.
 
@@ -209,16 +218,19 @@ class MLP(nn.Module):
     def _layers(self) -> list[DenseLayer]:
         phi = Activation(self.activation)
         ntk_param = self.parametrization == "ntk"
-        last = len(self.weights) - 1
+        weights = _parameter_list(self.weights)
+        biases = [None] * len(weights) if self.biases is None else _parameter_list(self.biases)
+        bias_scale = 0.0 if self.biases is None else (self.sigma_b if ntk_param else 1.0)
+        last = len(weights) - 1
         return [
             DenseLayer(
                 weight=w,
-                bias=None if self.biases is None else self.biases[l],
+                bias=b,
                 scale=self.sigma_w / math.sqrt(w.shape[1]) if ntk_param else 1.0,
-                bias_scale=0.0 if self.biases is None else (self.sigma_b if ntk_param else 1.0),
+                bias_scale=bias_scale,
                 activation=phi if l < last else IDENTITY,
             )
-            for l, w in enumerate(self.weights)
+            for l, (w, b) in enumerate(zip(weights, biases))
         ]
 
     def dense_layers(self) -> list[DenseLayer]:
@@ -285,6 +297,7 @@ def ntk_parts(model: nn.Module) -> list[tuple[float, nn.Module]]:
 # kernel would otherwise come back without a warning.
 _STANDARD_FORWARD = (nn.Sequential, nn.Linear, nn.Identity, nn.Dropout, nn.ReLU, nn.LeakyReLU, nn.Tanh,
                      nn.Sigmoid, nn.GELU, nn.SiLU, nn.Softplus, Erf, MLP, MirroredMLP)
+_STANDARD_TYPES = frozenset(_STANDARD_FORWARD)
 
 
 def check_forward_is_standard(model) -> None:
@@ -305,6 +318,8 @@ def check_forward_is_standard(model) -> None:
                         "or _pre_hook): they can change every layer's output, which fastntk's layerwise "
                         "kernel would not see; remove them before computing the NTK")
     for name, module in model.named_modules():
+        if not (module._forward_hooks or module._forward_pre_hooks) and type(module) in _STANDARD_TYPES:
+            continue  # the common case (the classes themselves), without the loop over the bases below
         where = f"model.{name}" if name else "model"
         if module._forward_hooks or module._forward_pre_hooks:
             raise TypeError(f"{where} ({type(module).__name__}) has a forward hook or forward pre-hook: it can "
@@ -346,8 +361,10 @@ def _detached(layers: list[DenseLayer]) -> list[DenseLayer]:
     def param(t: torch.Tensor | None) -> int | None:
         return None if t is None else index.setdefault(id(t), len(index))
 
-    return [dataclasses.replace(
-        layer, weight=layer.weight.detach(), bias=None if layer.bias is None else layer.bias.detach(),
+    # DenseLayer(...), not dataclasses.replace: this runs on every NTK call
+    return [DenseLayer(
+        weight=layer.weight.detach(), bias=None if layer.bias is None else layer.bias.detach(),
+        scale=layer.scale, bias_scale=layer.bias_scale, activation=layer.activation,
         weight_trained=layer.weight.requires_grad, bias_trained=layer.bias is not None and layer.bias.requires_grad,
         weight_param=param(layer.weight), bias_param=param(layer.bias),
     ) for layer in layers]

@@ -39,13 +39,14 @@ import contextlib
 import functools
 import dataclasses
 import enum
+import math
 
 import torch
 from torch import nn
 
 from . import _ops
 from ._progress import check_progress, progress_bar
-from .models import DenseLayer, ntk_parts, parse_model
+from .models import DenseLayer, MirroredMLP, ntk_parts, parse_model
 
 
 class Outputs(str, enum.Enum):
@@ -88,7 +89,7 @@ def _all_finite(t: torch.Tensor) -> bool:
     through a sum) instead of torch.isfinite(t).all(), which costs several
     passes and a temporary: ~180 ms per call on a 3 x 4096 MLP, as much as the
     NTK itself. A sum that overflows falls back to the exact check."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
 
 def _check_input(name: str, x, layers: list[DenseLayer]) -> torch.Tensor:
@@ -133,9 +134,9 @@ def _compute_dtype(layers: list[DenseLayer], *xs: torch.Tensor):
 def _sum_over_parts(fn, model: nn.Module, *args, **kwargs) -> torch.Tensor | None:
     """sum_i c_i fn(part_i, ...) for a model made of several networks (a
     mirrored MLP: see :func:`fastntk.models.ntk_parts`); None for one network."""
+    if not isinstance(model, MirroredMLP):
+        return None  # one network (parse_model checks it)
     parts = ntk_parts(model)
-    if len(parts) == 1:
-        return None
     terms = [c * fn(part, *args, **kwargs) for c, part in parts]
     return sum(terms[1:], terms[0])
 
