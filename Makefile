@@ -88,6 +88,7 @@ bench: install
 	  --benchmark-json=$(BENCH_OUT)/bench.json --benchmark-columns=median,min,rounds
 	$(PY) benchmarks/memory.py --out $(BENCH_OUT)/memory.json
 	$(PY) benchmarks/ab.py --out $(BENCH_OUT)/ab.json
+	$(PY) benchmarks/scaling.py --out $(BENCH_OUT)
 	@if [ -f .venv-nt/.nt-ready ]; then \
 	  $(PY) benchmarks/nt_export.py --dir $(BENCH_OUT)/nt_inputs && \
 	  .venv-nt/bin/python benchmarks/nt_bench.py --inputs $(BENCH_OUT)/nt_inputs --out $(BENCH_OUT)/nt.json; \

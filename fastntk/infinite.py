@@ -666,17 +666,20 @@ def _check_overflow(spec: _Spec, layer: int, *tensors: torch.Tensor) -> None:
             "reduce sigma_w or depth, or rescale the inputs x1, x2")
 
 
-def _pair_kernels(spec: _Spec, s1: torch.Tensor, s2: torch.Tensor, c: torch.Tensor, gram: torch.Tensor):
-    """The requested kernel for P input pairs (channels, P) from their
-    layer-1 variances s1, s2, covariance c and inner product gram = <x, x'>."""
+def _pair_kernels(spec: _Spec, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor, c: torch.Tensor,
+                  gram: torch.Tensor):
+    """The requested kernel for P input pairs (channels, P): pair p joins
+    the inputs whose layer-1 variances are v[i1[p]] and v[i2[p]], with
+    covariance c[p] and inner product gram[p] = <x, x'>. Each input's
+    variance follows its own recursion, so it is computed once per input
+    (M = len(v) values) and gathered per pair, not once per pair."""
     sigmas, ephis, dsigmas = [c], [], []
     for layer in range(2, spec.depth + 1):
-        e, de = _expect_pairs(spec.act, s1, s2, c, spec.closed, spec.order)
-        both = torch.cat([s1, s2])
-        e_same, _ = _expect_same(spec.act, both, spec.closed, spec.order)
-        s1, s2 = (spec.sw2 * e_same + spec.sb2).split(s1.numel())
+        e, de = _expect_pairs(spec.act, v[i1], v[i2], c, spec.closed, spec.order)
+        e_same, _ = _expect_same(spec.act, v, spec.closed, spec.order)
+        v = spec.sw2 * e_same + spec.sb2
         c = spec.sw2 * e + spec.sb2
-        _check_overflow(spec, layer, c, s1, s2)
+        _check_overflow(spec, layer, c, v)
         ephis.append(e)
         dsigmas.append(spec.sw2 * de)
         sigmas.append(c)
@@ -815,9 +818,9 @@ def _interpolants(spec: _Spec, norms: torch.Tensor):
 def _angle_kernels(spec: _Spec, na: torch.Tensor, nb: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """The kernel for pairs of inputs with norms na, nb at angle theta."""
     gram = na * nb * torch.cos(theta)
-    s1 = spec.sw2 * (na * na) / spec.n0 + spec.sb2
-    s2 = spec.sw2 * (nb * nb) / spec.n0 + spec.sb2
-    return _pair_kernels(spec, s1, s2, spec.sw2 * gram / spec.n0 + spec.sb2, gram)
+    v = spec.sw2 * torch.cat([na * na, nb * nb]) / spec.n0 + spec.sb2
+    p = torch.arange(na.numel())
+    return _pair_kernels(spec, v, p, p + na.numel(), spec.sw2 * gram / spec.n0 + spec.sb2, gram)
 
 
 def _norm_clusters(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -860,9 +863,9 @@ def _kernel_entries(spec: _Spec, sq1: torch.Tensor, sq2: torch.Tensor, gram: tor
                 direct[idx] = ~resolved[piece]
     rest = direct.nonzero().squeeze(1)
     if rest.numel():
-        s1 = spec.sw2 * sq1[i[rest]] / spec.n0 + spec.sb2
-        s2 = spec.sw2 * sq2[j[rest]] / spec.n0 + spec.sb2
-        out[:, rest] = _pair_kernels(spec, s1, s2, spec.sw2 * g[rest] / spec.n0 + spec.sb2, g[rest])
+        v = spec.sw2 * torch.cat([sq1, sq2]) / spec.n0 + spec.sb2
+        out[:, rest] = _pair_kernels(spec, v, i[rest], j[rest] + sq1.numel(),
+                                     spec.sw2 * g[rest] / spec.n0 + spec.sb2, g[rest])
     return out
 
 
@@ -904,7 +907,7 @@ def _kernel(kind, x1, x2, depth, activation, sigma_w, sigma_b, parametrization, 
         out[:, j, i] = upper
         s = spec.sw2 * sq1 / spec.n0 + spec.sb2
         d = torch.arange(n1)
-        out[:, d, d] = _pair_kernels(spec, s, s, s, sq1)  # the 1-D rule: correlation 1
+        out[:, d, d] = _pair_kernels(spec, s, d, d, s, sq1)  # the 1-D rule: correlation 1
     else:
         i = torch.arange(n1).repeat_interleave(n2)
         j = torch.arange(n2).repeat(n1)
