@@ -215,6 +215,10 @@ void accumulate_layers_cpu(at::Tensor& out, const std::optional<at::Tensor>& bia
                        at::ArrayRef<double> weight_scales, at::ArrayRef<double> bias_scales, OutputMode mode) {
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
   if (out.numel() == 0 || a1.empty()) return;
+  // With one output, out is (N1, N2) in memory in every mode and every mode's
+  // delta Gram is the same matrix: the trace kernels (whose symmetric path
+  // stages the mirror in tiles instead of writing a column per row) serve all.
+  if (d1[0].size(1) == 1) mode = OutputMode::kTrace;
   const GramFactors f = gram_factors(a1, a2, d1, d2, mode);
   const int64_t n2 = f.n2, k_out = f.k_out;
   // Summing layers in one pass pays on CPU only in the symmetric case, where

@@ -1,6 +1,6 @@
 // CPU ntk_diag_accumulate: out[i] += (weight_scale |a_i|^2 + bias_scale) *
 // <d_ik, d_ik'> for every sample i, never forming an N x N matrix. Linear in N;
-// dot products accumulate in double (the full K x K block, for K > 1, is a
+// dot products accumulate in double (dot_double) (the full K x K block, for K > 1, is a
 // batched GEMM).
 #include <ATen/Parallel.h>
 #include <ATen/AccumulateType.h>
@@ -9,6 +9,26 @@
 #include "../ntk_common.h"
 
 namespace fastntk {
+namespace {
+
+// sum_j x[j] y[j] in double over eight independent partial sums: one running
+// sum is a chain of dependent adds (latency-bound, ~4 cycles per element,
+// and it cannot be vectorised without reassociation); eight let the
+// compiler use SIMD lanes and keep the adders busy. Fixed order: the result
+// is deterministic.
+template <typename scalar_t>
+inline double dot_double(const scalar_t* x, const scalar_t* y, int64_t n) {
+  constexpr int64_t kLanes = 8;
+  double part[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += double(x[j + l]) * double(y[j + l]);
+  double v = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; j < n; ++j) v += double(x[j]) * double(y[j]);
+  return v;
+}
+
+}  // namespace
 
 void ntk_diag_accumulate_cpu(at::Tensor out, const at::Tensor& a,
                              const at::Tensor& d, double weight_scale,
@@ -34,16 +54,10 @@ void ntk_diag_accumulate_cpu(at::Tensor out, const at::Tensor& a,
       for (int64_t i = begin; i < end; ++i) {
         acc_t s = bias_scale;
         if (weight_scale != 0.0) {
-          acc_t sq = 0;
-          for (int64_t q = 0; q < p; ++q) sq += acc_t(ap[i * p + q]) * ap[i * p + q];
-          s += weight_scale * sq;
+          s += weight_scale * dot_double(ap + i * p, ap + i * p, p);
         }
         const scalar_t* di = dp + i * k_out * n;
-        auto dot = [&](int64_t k, int64_t kk) {
-          acc_t v = 0;
-          for (int64_t j = 0; j < n; ++j) v += acc_t(di[k * n + j]) * di[kk * n + j];
-          return v;
-        };
+        auto dot = [&](int64_t k, int64_t kk) { return dot_double(di + k * n, di + kk * n, n); };
         switch (mode) {
           case OutputMode::kTrace: {
             acc_t v = 0;
