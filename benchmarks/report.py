@@ -136,7 +136,11 @@ def collect(d: str) -> dict:
             row["fastntk_speedup"] = row["median"] / ref["median"]
         if ref and ref.get("working_bytes") and row.get("working_bytes") and not method.startswith("fastntk"):
             row["fastntk_memory_ratio"] = ref["working_bytes"] / row["working_bytes"]
-    return {"machine": machine_info(), "gemm_gflops": rate / 1e9 if rate else None,
+    machine = machine_info()
+    if bench.get("datetime"):  # when the suite ran, not when this report is written
+        machine["date"] = datetime.datetime.fromisoformat(bench["datetime"]).astimezone(
+            datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return {"machine": machine, "gemm_gflops": rate / 1e9 if rate else None,
             "own_gemm_gflops": {wl: r / 1e9 for wl, r in own_rate.items()}, "rows": rows,
             "ab": ab["cases"] if ab else [], "nt_available": nt is not None,
             "nt_setup_failed": _nt_setup_failure()}
@@ -299,6 +303,23 @@ def _scaling_sentence(data) -> str:
             f"activations ~ N, output ~ N^2)")
 
 
+def interleaved_table(data) -> list[str]:
+    """fastntk / plain formula per workload and mode from ab.json (median of
+    the per-round ratios of one interleaved run), or nothing without it."""
+    if not data["ab"]:
+        return []
+    modes = list(dict.fromkeys(c["mode"] for c in data["ab"]))
+    cell = {(c["workload"], c["mode"]): c for c in data["ab"]}
+    lines = ["", "fastntk / plain formula in every output mode, timed interleaved (`benchmarks/ab.py`: each round runs "
+             "both back to back, alternating which goes first; median of the per-round ratios, rounds in "
+             "parentheses):", "", "| workload | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
+    for wl in dict.fromkeys(c["workload"] for c in data["ab"]):
+        lines.append(f"| {wl} | " + " | ".join(
+            f"{cell[wl, m]['ratio_median']:.2f} ({cell[wl, m]['rounds']})" if (wl, m) in cell else "-"
+            for m in modes) + " |")
+    return lines
+
+
 def render(data) -> tuple[str, str]:
     ts = targets(data)
     data["targets"] = ts
@@ -338,7 +359,8 @@ def render(data) -> tuple[str, str]:
               "the method's Jacobian (or batched tangents) would not fit in the 24 GB of this machine, so it was "
               "skipped. The floors count what the layerwise method must do for x2 = x1 (forward and backward GEMMs, "
               "and half the Grams: Theta is symmetric), at the machine's peak float32 GEMM rate (2048^3) and at the "
-              "rate measured on the workload's own GEMM shapes (small layers run below peak).", ""] + summary_table(data) + [
+              "rate measured on the workload's own GEMM shapes (small layers run below peak).", ""] + summary_table(data) + \
+        interleaved_table(data) + [
               "", "Scaling with width and with N: `python benchmarks/scaling.py` (log-log plot, fitted exponents"
               + _scaling_sentence(data) + "):", "", "![scaling](docs/scaling.png)", ""]
     return "\n".join(md) + "\n", "\n".join(readme) + "\n"
