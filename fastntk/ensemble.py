@@ -45,8 +45,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import _batched
 from ._progress import progress_bar
-from ._reference import ACTIVATIONS, activation_derivative
+from ._reference import ACTIVATIONS
 from .models import PARAMETRIZATIONS, Activation, _check_widths
 from .ntk import _check_outputs
 
@@ -410,54 +411,17 @@ def init_weights(widths: Sequence[int], seeds: Sequence[int], *, parametrization
 # the batched engine
 
 
-def _forward(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None):
-    """The forward pass of C stacked networks, keeping only what the NTK needs.
+def _weight_products(ws):
+    """The engine's ``preact`` and ``times_weight`` of explicit weights ws[l]
+    (C, n_{l+1}, n_l)."""
 
-    Returns (grams, dphis): grams (L, C, Na, Nb) holds <a^{l-1}, a'^{l-1}>, the
-    Gram of layer l's inputs (a^{-1} = x); dphis[l] (C, N, n_{l+1}) is
-    c_{l+1} phi'(h^l) for each hidden layer l, the factor of the backward
-    pass. Each activation is dropped once its Gram is taken. The output
-    layer's forward is not needed and not computed."""
-    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
-    na = n if n1 is None else n1
-    nb = n - na if n1 is not None else n
-    grams = torch.empty((depth, c, na, nb), dtype=x.dtype, device=x.device)
-    grams[0] = x[:na] @ x[n - nb:].T
-    relu = phi.name == "relu"
-    dphis = []
-    w0 = ws[0]
-    # layer 0 as one GEMM for all inits: (C n_1, n_0) @ (n_0, N)
-    h = (w0.reshape(-1, w0.shape[2]) @ x.T).reshape(c, w0.shape[1], n).transpose(1, 2)
-    for l in range(depth - 1):
-        if l > 0:
-            h = torch.bmm(a, ws[l].transpose(1, 2))
-        if scales[l] != 1.0:
-            h.mul_(scales[l])
-        if bs is not None and bias_scales[l] != 0.0:
-            h.add_(bs[l].unsqueeze(1), alpha=bias_scales[l])
-        if relu:  # phi' and phi in place, without the generic path's temporaries
-            dphi = (h > 0).to(h.dtype)
-            a = h.clamp_min_(0.0)
-        else:
-            dphi = activation_derivative(h, *phi.op_args())
-            a = phi(h)
-        if scales[l + 1] != 1.0:
-            dphi.mul_(scales[l + 1])
-        dphis.append(dphi)
-        torch.bmm(a[:, :na], a[:, n - nb:].transpose(1, 2), out=grams[l + 1])
-    return grams, dphis
+    def preact(l: int, a: torch.Tensor) -> torch.Tensor:
+        w = ws[l]
+        if l == 0:  # one GEMM for all inits: (C n_1, n_0) @ (n_0, N)
+            return (w.reshape(-1, w.shape[2]) @ a.T).reshape(w.shape[0], w.shape[1], -1).transpose(1, 2)
+        return torch.bmm(a, w.transpose(1, 2))
 
-
-def _delta_gram(delta: torch.Tensor, na: int, outputs: str, out: torch.Tensor) -> None:
-    """<delta_i, delta'_j> of (C, N, K, n) signals into out (C, Na, Nb, ...)."""
-    c, n, k, width = delta.shape
-    d1, d2 = delta[:, :na], delta[:, n - out.shape[2]:]
-    if outputs == "trace":
-        torch.bmm(d1.reshape(c, na, k * width), d2.reshape(c, -1, k * width).transpose(1, 2), out=out)
-    elif outputs == "per_output":
-        out.copy_(torch.einsum("sikn,sjkn->sijk", d1, d2))
-    else:
-        out.copy_(torch.einsum("sikn,sjln->sijkl", d1, d2))
+    return preact, lambda l, d: torch.bmm(d, ws[l])
 
 
 def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor, n1: int | None,
@@ -467,42 +431,9 @@ def _chunk_kernels(ws, bs, scales, bias_scales, phi: Activation, x: torch.Tensor
 
     ws[l] (C, n_{l+1}, n_l), bs[l] (C, n_{l+1}) or None; x is (N, n_0); n1 is
     None for Theta(x, x), else the split point of x = [x1; x2]."""
-    grams, dphis = _forward(ws, bs, scales, bias_scales, phi, x, n1)
-    return _backward(ws, grams, dphis, scales, bias_scales, x, n1, k, outputs, layerwise)
-
-
-def _backward(ws, grams: torch.Tensor, dphis: list, scales, bias_scales, x: torch.Tensor, n1: int | None, k: int,
-              outputs: str, layerwise: bool) -> torch.Tensor:
-    """The backward pass and the layer terms of :func:`_chunk_kernels`, from
-    :func:`_forward`'s grams[:L] and dphis[:L - 1] (L = len(ws), which may be
-    a prefix of a deeper forward pass). Entries of the list ``dphis`` are
-    released as they are used."""
-    c, depth, n = ws[0].shape[0], len(ws), x.shape[0]
-    na = n if n1 is None else n1
-    nb = grams.shape[3]
-    extra = {"full": (k, k), "trace": (), "per_output": (k,)}[outputs]
-    dgs = torch.empty((depth, c, na, nb) + extra, dtype=x.dtype, device=x.device)
-    # delta^{L-1} = d f / d h^{L-1}: the output layer's weight rows, times phi'
-    delta = ws[-1].unsqueeze(1).expand(c, n, k, ws[-1].shape[2])
-    top = dgs[depth - 1]
-    if outputs == "trace":
-        top.fill_(float(k))
-    else:
-        top.copy_(torch.ones(()) if outputs == "per_output" else torch.eye(k, dtype=x.dtype, device=x.device))
-    for l in range(depth - 1, 0, -1):
-        if l < depth - 1:
-            delta = torch.bmm(delta.reshape(c, n * k, -1), ws[l]).reshape(c, n, k, -1)
-        delta = delta * dphis[l - 1].unsqueeze(2)
-        dphis[l - 1] = None
-        _delta_gram(delta, na, outputs, dgs[l - 1])
-    # all layers' epilogues at once: weight term c_l^2 <a, a'> <d, d'>, bias term beta_l^2 <d, d'>
-    w2 = torch.tensor([s * s for s in scales[:depth]], dtype=x.dtype, device=x.device)
-    b2 = torch.tensor([s * s for s in bias_scales[:depth]], dtype=x.dtype, device=x.device)
-    pad = (None,) * (len(extra) + 3)
-    wterm = (grams[:depth] * w2[(...,) + pad[:3]])[(...,) + (None,) * len(extra)] * dgs
-    if not layerwise:
-        return wterm.add_(dgs * b2[(...,) + pad]).sum(0)
-    return torch.stack([wterm, dgs * b2[(...,) + pad]], 2).transpose(0, 1)
+    preact, times_weight = _weight_products(ws)
+    grams, dphis = _batched.forward(preact, ws[0].shape[0], len(ws), bs, scales, bias_scales, phi, x, n1)
+    return _batched.backward(ws[-1], times_weight, grams, dphis, scales, bias_scales, x, n1, outputs, layerwise)
 
 
 def ensemble_ntk(
@@ -656,10 +587,12 @@ def ensemble_ntk(
                 if i + 1 < len(starts):
                     pending = drawer.submit(draw, starts[i + 1])
                 deepest = max(depths)
-                grams, dphis = _forward(ws[:deepest] + heads[deepest][:1], bs, scales, bias_scales, phi, x, n1)
+                preact, times_weight = _weight_products(ws)
+                grams, dphis = _batched.forward(preact, heads[deepest][0].shape[0], deepest + 1, bs, scales,
+                                                bias_scales, phi, x, n1)
                 for d in depths:
-                    accs[d].add(_backward(ws[:d] + heads[d][:1], grams, dphis[:d], scales, bias_scales, x, n1,
-                                          k, outputs, layerwise))
+                    accs[d].add(_batched.backward(heads[d][0], times_weight, grams, dphis[:d], scales, bias_scales,
+                                                  x, n1, outputs, layerwise))
                 del ws, bs, heads, grams, dphis
                 bar.update(min(chunk, len(seeds) - start))
     finally:
