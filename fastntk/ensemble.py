@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import _batched
+from . import _batched, _projected
 from ._progress import progress_bar
 from ._reference import ACTIVATIONS
 from .models import PARAMETRIZATIONS, Activation, _check_widths
@@ -58,6 +58,8 @@ __all__ = ["EnsembleStats", "ensemble_ntk", "ensemble_stats", "init_weights", "r
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Per-init totals are kept (for quantiles and bootstrap) when S x entries is at most this.
 MAX_KEPT_SAMPLES = 1 << 22
+#: The ways of drawing the inits (``sampler`` of :func:`ensemble_ntk`).
+SAMPLERS = ("seeded", "projected")
 #: Default memory budget of one chunk of inits, in bytes.
 CHUNK_BYTES = 256 << 20
 
@@ -364,20 +366,25 @@ def _fill_one(seed: int, i: int, ws, bs, heads: dict, w_stds, b_std) -> None:
             draw(g, ws[l], None if bs is None else bs[l], l)
 
 
+def _init_stds(widths: Sequence[int], parametrization: str, sigma_w: float, sigma_b: float):
+    """The std of each layer's weights (n_l inputs, widths[:-1]) and of the biases at init."""
+    if parametrization == "ntk":
+        return [1.0] * (len(widths) - 1), 1.0
+    return [sigma_w / math.sqrt(i) for i in widths[:-1]], sigma_b
+
+
 def _draw(widths: Sequence[int], depths: Sequence[int], seeds: Sequence[int], *, parametrization: str,
           sigma_w: float, sigma_b: float, bias: bool, threads: int):
     """The hidden layers of ``MLP(widths)`` (widths[:-1]) and, for each depth d
     in ``depths``, the output layer of ``MLP(widths[:d + 1] + [widths[-1]])``,
     for each seed: (ws, bs, heads) with heads {d: (weight, bias or None)}."""
-    ntk_param = parametrization == "ntk"
     s, k = len(seeds), widths[-1]
     hidden = widths[:-1]
     ws = [torch.empty(s, o, i, dtype=torch.float64) for i, o in zip(hidden[:-1], hidden[1:])]
     bs = [torch.empty(s, o, dtype=torch.float64) for o in hidden[1:]] if bias else None
     heads = {d: (torch.empty(s, k, hidden[d], dtype=torch.float64),
                  torch.empty(s, k, dtype=torch.float64) if bias else None) for d in depths}
-    w_stds = [1.0 if ntk_param else sigma_w / math.sqrt(i) for i in hidden]
-    b_std = 1.0 if ntk_param else sigma_b
+    w_stds, b_std = _init_stds(widths, parametrization, sigma_w, sigma_b)
     if threads <= 1 or s == 1:
         for i, seed in enumerate(seeds):
             _fill_one(seed, i, ws, bs, heads, w_stds, b_std)
@@ -457,6 +464,7 @@ def ensemble_ntk(
     dtype: torch.dtype = torch.float64,
     threads: int | None = None,
     depths: Sequence[int] | None = None,
+    sampler: str = "seeded",
 ) -> EnsembleStats | dict[int, EnsembleStats]:
     """Statistics of the empirical NTK Theta(x1, x2) over independent inits.
 
@@ -531,6 +539,8 @@ def ensemble_ntk(
             raise TypeError(f"{name} must be a bool; got {type(flag).__name__} {flag!r}")
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}")
     levels = _check_quantiles(quantiles)
     seeds = resolve_seeds(seeds)
     n0 = widths[0]
@@ -548,9 +558,14 @@ def ensemble_ntk(
     scales = [sigma_w / math.sqrt(i) if ntk_param else 1.0 for i in widths[:-1]]
     bias_scales = [(sigma_b if ntk_param else 1.0) if bias else 0.0 for _ in widths[1:]]
     entries = {"full": k * k, "trace": 1, "per_output": k}[outputs] * (n * n if n1 is None else n1 * (n - n1))
+    w_stds, b_std = _init_stds(widths, parametrization, sigma_w, sigma_b)
+    if sampler == "projected":
+        lay = _projected.layout(widths, depths, n, w_stds=w_stds, b_std=b_std, biased=bias and sigma_b > 0)
+        drawn_per_init = lay.total + 2 * n * sum(widths)  # the normals, and each layer's Q and G
+    else:
+        drawn_per_init = 2 * sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
     if chunk is None:
-        per_init = 8 * (2 * sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
-                        + 3 * n * k * max(widths) + 2 * n * sum(widths) + 2 * len(widths) * entries)
+        per_init = 8 * (drawn_per_init + 3 * n * k * max(widths) + 2 * n * sum(widths) + 2 * len(widths) * entries)
         chunk = max(1, min(len(seeds), CHUNK_BYTES // per_init))
     elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (inits per batched call) or None; got {chunk!r}")
@@ -564,14 +579,34 @@ def ensemble_ntk(
     phi = Activation(activation)
     accs = {d: _Accumulator(layerwise, levels, keep, len(seeds)) for d in depths}
 
-    def draw(start: int):
-        ws, bs, heads = _draw(widths, depths, seeds[start:start + chunk], parametrization=parametrization,
-                              sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, threads=threads)
+    if sampler == "seeded":
+        def draw(start: int):
+            ws, bs, heads = _draw(widths, depths, seeds[start:start + chunk], parametrization=parametrization,
+                                  sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, threads=threads)
 
-        def moved(ts):
-            return None if ts is None else [t.to(device=device, dtype=dtype) for t in ts]
+            def moved(ts):
+                return None if ts is None else [t.to(device=device, dtype=dtype) for t in ts]
 
-        return moved(ws), moved(bs), {d: moved(h if bias else h[:1]) for d, h in heads.items()}
+            return moved(ws), moved(bs), {d: moved(h if bias else h[:1]) for d, h in heads.items()}
+
+        def chunk_kernels(drawn):
+            ws, bs, heads = drawn
+            preact, times_weight = _weight_products(ws)
+            deepest = max(depths)
+            grams, dphis = _batched.forward(preact, heads[deepest][0].shape[0], deepest + 1, bs, scales, bias_scales,
+                                            phi, x, n1)
+            for d in depths:
+                yield d, _batched.backward(heads[d][0], times_weight, grams, dphis[:d], scales, bias_scales, x, n1,
+                                           outputs, layerwise)
+    else:
+        def draw(start: int):
+            chunk_seeds = seeds[start:start + chunk]
+            return len(chunk_seeds), _projected.seeded_normals(lay, chunk_seeds, threads=threads, device=device,
+                                                               dtype=dtype)
+
+        def chunk_kernels(drawn):
+            c, source = drawn
+            return _projected.kernels(source, lay, c, depths, scales, bias_scales, phi, x, n1, outputs, layerwise)
 
     # drawing the weights is most of the cost: the next chunk is drawn in the
     # background while this chunk's kernels run
@@ -583,17 +618,12 @@ def ensemble_ntk(
         with torch.no_grad(), ThreadPoolExecutor(1) as drawer:
             pending = drawer.submit(draw, starts[0])
             for i, start in enumerate(starts):
-                ws, bs, heads = pending.result()
+                drawn = pending.result()
                 if i + 1 < len(starts):
                     pending = drawer.submit(draw, starts[i + 1])
-                deepest = max(depths)
-                preact, times_weight = _weight_products(ws)
-                grams, dphis = _batched.forward(preact, heads[deepest][0].shape[0], deepest + 1, bs, scales,
-                                                bias_scales, phi, x, n1)
-                for d in depths:
-                    accs[d].add(_batched.backward(heads[d][0], times_weight, grams, dphis[:d], scales, bias_scales,
-                                                  x, n1, outputs, layerwise))
-                del ws, bs, heads, grams, dphis
+                for d, kern in chunk_kernels(drawn):
+                    accs[d].add(kern)
+                del drawn
                 bar.update(min(chunk, len(seeds) - start))
     finally:
         torch.set_num_threads(intra_op)
@@ -601,6 +631,6 @@ def ensemble_ntk(
     settings = {"activation": activation, "parametrization": parametrization,
                 "sigma_w": sigma_w, "sigma_b": sigma_b, "bias": bias, "outputs": outputs,
                 "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": chunk,
-                "threads": threads}
+                "threads": threads, "sampler": sampler}
     stats = {d: accs[d].result(seeds, {"widths": widths[:d + 1] + [k], **settings}) for d in depths}
     return stats if sweep else stats[max_depth]
