@@ -91,11 +91,12 @@ def test_projections_of_the_weights_reproduce_the_mlps(widths, n1, n2, activatio
         assert _rel(got[d], ref) < 1e-12, d
 
 
-def test_projection_of_duplicate_inputs_and_dead_units():
-    """Rank-deficient signals (x2 = x1; ReLU layers with no active unit) keep
-    the algebra exact: Householder Q is orthonormal whatever the rank."""
-    widths = [4, 6, 6, 6, 2]
+def test_projection_of_duplicate_and_zero_inputs():
+    """Rank-deficient signals (x2 = x1, a zero input whose activations are all
+    zero) keep the algebra exact: Householder Q is orthonormal whatever the rank."""
+    widths = [4, 10, 10, 10, 2]
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
+    x[1] = 0.0
     seeds = list(range(6))
     kw = dict(activation="relu", parametrization="standard", sigma_w=1.2, sigma_b=0.0, bias=True)
     got, _ = _projected_from_weights(widths, [4 - 1], x, x.clone(), seeds, outputs="full", project=True, **kw)
