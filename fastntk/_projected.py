@@ -43,6 +43,12 @@ layer and Y's, so each depth's kernel distribution is exact, but the joint
 law of the kernels of two depths is not that of one network truncated at
 both depths (their difference is less correlated than for truncated copies).
 
+Where the signals of a layer are rank deficient (say two inputs whose
+activations become parallel behind ReLU), the basis of the missing
+directions is chosen by rounding: any orthonormal completion gives the same
+law, but a given init's kernel may then change with the last bits of its
+inputs or of sigma_w.
+
 Init s draws all of its normals from ``numpy.random.default_rng(seeds[s])``
 in one call (PCG64, ziggurat), in a fixed order (:class:`Layout`), so it is
 reproducible whatever the chunking.
@@ -85,6 +91,13 @@ class Layout:
         self.slots[key] = (self.total, shape, std)
         self.total += math.prod(shape)
 
+    def stds(self) -> np.ndarray:
+        """(total,) the std of each normal of an init's row."""
+        out = np.empty(self.total)
+        for off, shape, std in self.slots.values():
+            out[off:off + math.prod(shape)] = std
+        return out
+
 
 def layout(widths: Sequence[int], depths: Sequence[int], n: int, *, w_stds: Sequence[float], b_std: float,
            biased: bool, project: bool | None = None) -> Layout:
@@ -121,9 +134,11 @@ def seeded_normals(lay: Layout, seeds: Sequence[int], *, threads: int, device, d
     """A random source: init i's normals drawn in one call from
     ``numpy.random.default_rng(seeds[i])``, on ``threads`` threads."""
     buf = np.empty((len(seeds), lay.total))
+    stds = lay.stds()
 
     def fill(i: int) -> None:
         np.random.default_rng(int(seeds[i])).standard_normal(out=buf[i])
+        buf[i] *= stds
 
     if threads <= 1 or len(seeds) == 1:
         for i in range(len(seeds)):
@@ -134,11 +149,27 @@ def seeded_normals(lay: Layout, seeds: Sequence[int], *, threads: int, device, d
     normals = torch.from_numpy(buf).to(device=device, dtype=dtype)
 
     def source(key: tuple, basis=None) -> torch.Tensor:
-        off, shape, std = lay.slots[key]
-        return normals[:, off:off + math.prod(shape)].reshape((len(seeds),) + shape).mul(std)
+        off, shape, _ = lay.slots[key]
+        return normals[:, off:off + math.prod(shape)].view((len(seeds),) + shape)
 
     source.needs_basis = False
     return source
+
+
+#: Below this inner dimension a batched product is faster as multiply-adds
+#: than as one tiny GEMM per init.
+THIN = 4
+
+
+def _thin_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for (C, m, k) @ (C or none, k, n), as k broadcast multiply-adds when k is small."""
+    k = a.shape[-1]
+    if k > THIN:
+        return torch.matmul(a, b)
+    out = a[..., 0:1] * b[..., 0:1, :]
+    for i in range(1, k):
+        out.addcmul_(a[..., i:i + 1], b[..., i:i + 1, :])
+    return out
 
 
 def kernels(source: NormalSource, lay: Layout, c: int, depths: Sequence[int], scales, bias_scales,
@@ -159,23 +190,25 @@ def kernels(source: NormalSource, lay: Layout, c: int, depths: Sequence[int], sc
         q, r = torch.linalg.qr(a.transpose(-1, -2))   # a^T = Q R
         g = source(("G", l), q)                        # W Q
         bases[l] = (q, g)
-        return torch.matmul(g, r).transpose(1, 2)      # (R^T G^T)^T: h = a W^T
+        return _thin_bmm(g, r).transpose(1, 2)         # (R^T G^T)^T: h = a W^T
 
     def times_weight_of(d: int):
         def times_weight(l: int, dflat: torch.Tensor) -> torch.Tensor:
             if not lay.projected[l]:
                 return torch.bmm(dflat, full[l])
             q, g = bases[l]
-            out = torch.bmm(torch.bmm(dflat, g), q.transpose(1, 2))      # (D G) Q^T
-            if ("Y", d, l) in lay.slots:
-                if needs_basis:
-                    qd, rd = torch.linalg.qr(dflat.transpose(1, 2))      # D^T = Q_d R_d
-                else:
-                    qd, rd = None, torch.linalg.qr(dflat.transpose(1, 2), mode="r")[1]
-                y = source(("Y", d, l), qd)
-                y = y - torch.bmm(torch.bmm(y, q), q.transpose(1, 2))    # Y P
-                out.baddbmm_(rd.transpose(1, 2), y)                      # + R_d^T Y P
-            return out
+            # D W = (D G) Q^T + R_d^T Y (I - Q Q^T) = (D G - R_d^T (Y Q)) Q^T + R_d^T Y
+            m = torch.bmm(dflat, g)
+            if ("Y", d, l) not in lay.slots:
+                return _thin_bmm(m, q.transpose(1, 2))
+            if needs_basis:
+                qd, rd = torch.linalg.qr(dflat.transpose(1, 2))      # D^T = Q_d R_d
+            else:
+                qd, rd = None, torch.linalg.qr(dflat.transpose(1, 2), mode="r")[1]
+            y = source(("Y", d, l), qd)
+            rdt = rd.transpose(1, 2)
+            m = m - torch.bmm(rdt, torch.bmm(y, q))
+            return _thin_bmm(m, q.transpose(1, 2)).add_(_thin_bmm(rdt, y))
 
         return times_weight
 
