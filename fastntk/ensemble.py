@@ -494,7 +494,8 @@ def ensemble_ntk(
     quantiles : levels for ``quantiles`` (computed from the per-init kernels,
         which are kept automatically when S x entries <= MAX_KEPT_SAMPLES,
         the normal case of a few inputs); None for none.
-    chunk : inits per batched call (default: as many as fit in ~256 MB).
+    chunk : inits per batched call (default: as many as fit in ~256 MB; with
+        ``sampler="projected"``, at most a quarter of them, from 16 up).
     keep : return every per-init kernel in ``kernels``.
     progress : tqdm bar counting inits: None = when there is more than one
         chunk and stderr is a terminal; True / False to force.
@@ -588,6 +589,8 @@ def ensemble_ntk(
     if chunk is None:
         per_init = 8 * (drawn_per_init + 3 * n * k * max(widths) + 2 * n * sum(widths) + 2 * len(widths) * entries)
         chunk = max(1, min(len(seeds), CHUNK_BYTES // per_init))
+        if sampler == "projected":  # at least 4 chunks, so that drawing overlaps the kernels
+            chunk = min(chunk, max(16, -(-len(seeds) // 4)))
     elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (inits per batched call) or None; got {chunk!r}")
     if threads is None:
