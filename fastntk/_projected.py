@@ -69,7 +69,9 @@ from .models import Activation
 
 #: source(key, basis) -> the (C, *shape) Gaussian matrix ``key`` of the chunk's
 #: inits; ``basis`` is the orthonormal basis it is conditioned on (Q for G, Q_d
-#: for Y; None for the others), which a random source ignores.
+#: for Y; None for the others). A random source ignores it and says so with an
+#: attribute ``needs_basis = False`` (Q_d is then not formed, only R_d); the
+#: tests' source computes G = W Q and Y = Q_d^T W from explicit weights.
 NormalSource = Callable[[tuple, "torch.Tensor | None"], torch.Tensor]
 
 
