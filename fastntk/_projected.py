@@ -174,6 +174,20 @@ def _thin_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _qr(a: torch.Tensor, basis: bool = True):
+    """Reduced QR (Q, R) of (..., n, m), with R's diagonal made >= 0 (Q is None
+    unless ``basis``). For a full-rank a this QR is unique, so an init's
+    kernel does not depend on LAPACK's sign choices, which differ between
+    float32 and float64 (and between devices) where ReLU leaves exact zeros."""
+    if basis:
+        q, r = torch.linalg.qr(a)
+    else:
+        q, r = None, torch.linalg.qr(a, mode="r")[1]
+    sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(r.dtype)
+    r = r * sign.unsqueeze(-1)
+    return (None if q is None else q * sign.unsqueeze(-2)), r
+
+
 def kernels(source: NormalSource, lay: Layout, c: int, depths: Sequence[int], scales, bias_scales,
             phi: Activation, x: torch.Tensor, n1: int | None, outputs: str, layerwise: bool):
     """Yields (d, kernels) for each d in ``depths``: the NTK of the chunk's c
@@ -189,7 +203,7 @@ def kernels(source: NormalSource, lay: Layout, c: int, depths: Sequence[int], sc
             if l == 0:
                 return torch.matmul(w, a.T).transpose(1, 2)
             return torch.bmm(a, w.transpose(1, 2))
-        q, r = torch.linalg.qr(a.transpose(-1, -2))   # a^T = Q R
+        q, r = _qr(a.transpose(-1, -2))                # a^T = Q R
         g = source(("G", l), q)                        # W Q
         bases[l] = (q, g)
         return _thin_bmm(g, r).transpose(1, 2)         # (R^T G^T)^T: h = a W^T
@@ -203,10 +217,7 @@ def kernels(source: NormalSource, lay: Layout, c: int, depths: Sequence[int], sc
             m = torch.bmm(dflat, g)
             if ("Y", d, l) not in lay.slots:
                 return _thin_bmm(m, q.transpose(1, 2))
-            if needs_basis:
-                qd, rd = torch.linalg.qr(dflat.transpose(1, 2))      # D^T = Q_d R_d
-            else:
-                qd, rd = None, torch.linalg.qr(dflat.transpose(1, 2), mode="r")[1]
+            qd, rd = _qr(dflat.transpose(1, 2), needs_basis)         # D^T = Q_d R_d
             y = source(("Y", d, l), qd)
             rdt = rd.transpose(1, 2)
             m = m - torch.bmm(rdt, torch.bmm(y, q))
