@@ -41,13 +41,15 @@ network with iid Gaussian weights; the inits are not those of
 shared by all depths and each depth's backward pass draws its own output
 layer and Y's, so each depth's kernel distribution is exact, but the joint
 law of the kernels of two depths is not that of one network truncated at
-both depths (their difference is less correlated than for truncated copies).
+both depths.
 
-Where the signals of a layer are rank deficient (say two inputs whose
-activations become parallel behind ReLU), the basis of the missing
-directions is chosen by rounding: any orthonormal completion gives the same
-law, but a given init's kernel may then change with the last bits of its
-inputs or of sigma_w.
+The QR factors are made unique (R's diagonal >= 0), so that an init does not
+depend on LAPACK's sign conventions (which differ between float32 and
+float64, and between devices). Where the signals of a layer are rank
+deficient (say two inputs whose activations become parallel behind ReLU),
+the basis of the missing directions is chosen by rounding: any orthonormal
+completion gives the same law, but a given init's kernel may then change
+with the last bits of its inputs or of sigma_w.
 
 Init s draws all of its normals from ``numpy.random.default_rng(seeds[s])``
 in one call (PCG64, ziggurat), in a fixed order (:class:`Layout`), so it is
