@@ -5,7 +5,8 @@ Workload (the ICML 2022 setting): ReLU MLP, standard parametrization,
 width 100, 49 hidden layers (50 weight layers), scalar output, 500 inits,
 2 inputs on the unit sphere (cosine 0.5), float64, CPU. Each case times the
 whole job, drawing the weights included (identical weights everywhere:
-init s is ``fastntk.MLP(..., seed=s)``), and, where it can be separated, the
+init s is ``fastntk.MLP(..., seed=s)``; the projected sampler draws other
+inits from the same distribution), and, where it can be separated, the
 kernel part alone with the weights drawn beforehand. ``extra_info`` has the
 time per init. torch.func runs fewer inits (it is slow) and is compared per
 init.
@@ -59,6 +60,15 @@ def test_ensemble_with_init(benchmark, reference):
     st = benchmark.pedantic(lambda: ensemble_ntk(WIDTHS, X, seeds=INITS, progress=False, **NET),
                             rounds=2, iterations=1, warmup_rounds=0)
     assert torch.allclose(st.mean, reference.mean(0), rtol=1e-10)
+    _record(benchmark, INITS)
+
+
+def test_ensemble_projected_with_init(benchmark, reference):
+    # another sample of inits from the same distribution: the means agree within their standard errors
+    st = benchmark.pedantic(lambda: ensemble_ntk(WIDTHS, X, seeds=INITS, progress=False, sampler="projected",
+                                                 keep=True, **NET), rounds=3, iterations=1, warmup_rounds=1)
+    se = (st.var / INITS + reference.var(0) / len(reference)).sqrt()
+    assert ((st.mean - reference.mean(0)).abs() / se).max() < 5
     _record(benchmark, INITS)
 
 

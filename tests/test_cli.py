@@ -85,6 +85,16 @@ def test_repeated_single_value_flag_is_refused(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_dispersion_sampler_flag(tmp_path, capsys):
+    argv = ["run", "dispersion", "--depths", "2", "--sigma-w2", "2", "--width", "6", "--inits", "4",
+            "--cosine", "0.5", "--out", str(tmp_path), "--no-progress"]
+    main(argv + ["--sampler", "projected"])
+    assert len((tmp_path / "dispersion.csv").read_text().strip().splitlines()) == 1 + 1
+    assert '"sampler": "projected"' in (tmp_path / "dispersion.json").read_text()
+    err = refused(argv + ["--sampler", "exact"], capsys)
+    assert "--sampler" in err and "projected" in err
+
+
 def test_repeated_list_flag_keeps_every_value(tmp_path, capsys):
     """--cosine 1 --cosine 0.5: both values are used, or the repeat is refused."""
     argv = ["run", "dispersion", "--depths", "1", "--sigma-w2", "1", "--width", "6", "--inits", "4",

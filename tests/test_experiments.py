@@ -61,6 +61,21 @@ def test_dispersion_general_path():
     assert abs(r["dispersion"] - direct.dispersion[0, 1].item()) < 1e-10
 
 
+def test_dispersion_projected_sampler():
+    # the sigma_w-scaling shortcut is exact per init for the projected sampler too (the width keeps
+    # every layer's signals of full rank: where the rank is decided by rounding, so is the
+    # projected init, though not its distribution)
+    rows = E.dispersion(depths=[1, 3], sigma_w2s=[2.0], widths=[32], cosines=[0.5], n_inits=12, n_boot=20,
+                        sampler="projected")
+    direct = ensemble_ntk([32] * 4 + [1], E.sphere_inputs(32, [0.5]), seeds=12, depths=[1, 3], sampler="projected",
+                          parametrization="standard", sigma_w=math.sqrt(2.0))
+    seeded = E.dispersion(depths=[3], sigma_w2s=[2.0], widths=[32], cosines=[0.5], n_inits=12, n_boot=20)
+    for r, d in zip(rows, [1, 3]):
+        assert r["depth"] == d and abs(r["mean"] - direct[d].mean[0, 1].item()) < 1e-10 * abs(r["mean"])
+        assert abs(r["dispersion"] - direct[d].dispersion[0, 1].item()) < 1e-10
+    assert abs(rows[1]["mean"] - seeded[0]["mean"]) > 1e-6 * abs(seeded[0]["mean"])  # other inits
+
+
 def test_convergence_rows_and_plot(tmp_path):
     rows = E.convergence(widths=[16, 64], depths=[1], sigma_w2s=[1.0, 3.0], n_inits=6)
     assert len(rows) == 4
@@ -94,6 +109,7 @@ def test_layer_shares_sum_to_one(tmp_path):
     (E.dispersion, dict(depths=[1], activation="swish"), "activation"),
     (E.dispersion, dict(depths=[1], parametrization="mup"), "parametrization"),
     (E.dispersion, dict(depths=[1], sigma_b=-0.1), "sigma_b"),
+    (E.dispersion, dict(depths=[1], sampler="exact"), "sampler"),
     (E.convergence, dict(widths=[]), "widths"),
     (E.convergence, dict(n_inputs=0), "n_inputs"),
     (E.layer_shares, dict(depth=0), "depth"),

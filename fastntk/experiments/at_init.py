@@ -89,15 +89,16 @@ def per_init_layerwise(widths, x, seeds, sigma_w2s, *, activation, parametrizati
 
 
 def per_init_layerwise_depths(widths, depths, x, seeds, sigma_w2s, *, activation, parametrization, sigma_b,
-                              device, chunk, progress=False):
+                              device, chunk, progress=False, sampler="seeded"):
     """Yields (depth, {sigma_w2: (S, depth + 1, 2, N, N) per-init layerwise trace
     kernels}) for each depth (hidden layers) of ``widths``'s sweep
     (:func:`fastntk.ensemble.ensemble_ntk` with ``depths``: the weights drawn and the
     forward pass run once for all depths), using the homogeneity scaling when
-    exact, else one sweep per sigma_w2. ``progress``: the ensemble's bar over inits."""
+    exact, else one sweep per sigma_w2. ``progress``: the ensemble's bar over inits; ``sampler``: its
+    sampler (the homogeneity scaling holds per init for either)."""
     common = dict(depths=depths, seeds=seeds, activation=activation, parametrization=parametrization,
                   sigma_b=sigma_b, outputs="trace", layerwise=True, keep=True, quantiles=None, progress=progress,
-                  device=device, chunk=chunk)
+                  device=device, chunk=chunk, sampler=sampler)
     if not homogeneous(activation, parametrization, sigma_b):
         per_v = {v: ensemble_ntk(widths, x, sigma_w=math.sqrt(v), **common) for v in sigma_w2s}
         for d in depths:
