@@ -1,10 +1,11 @@
 """Timings of fastntk.infinite, and a side-by-side with neural-tangents' stax.
 
-    python benchmarks/bench_infinite.py [N ...]          (default: 500 2000)
+    python benchmarks/bench_infinite.py [N ...] [--activation A ...] [--raw] [--threads T]   (default N: 500 2000)
     python benchmarks/bench_infinite.py --nt [--out bench-results/infinite_nt.json]
 
-Without ``--nt``: the tanh NTK of a network with 10 hidden layers on N
-normalized inputs, and eoc_curve; one line per run (seconds, wall clock).
+Without ``--nt``: the NTK of a network with 10 hidden layers on N
+normalized inputs (``--raw``: unnormalized), tanh or ``--activation``s,
+and eoc_curve; one line per run (wall clock and CPU seconds, first call).
 
 With ``--nt`` (needs .venv-nt, ``make bench-setup``): for each activation
 (relu, erf, gelu: closed forms in neural-tangents; tanh: its
@@ -53,12 +54,16 @@ CASES = ([(a, None, d, n) for a in ("relu", "erf", "gelu") for d in (2, 4, 11) f
 PROBES = [(0, 0), (0, 1), (0, 2)]
 
 
-def tanh_ntk_seconds(n: int, n0: int = N0, depth: int = 11) -> float:
+def ntk_seconds(n: int, activation: str = "tanh", raw: bool = False, n0: int = N0, depth: int = 11):
+    """(wall, CPU) seconds of one infinite.ntk call on n inputs, normalized
+    unless ``raw`` (then every input has its own norm)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(n, n0, generator=g, dtype=torch.float64), dim=1)
-    start = time.perf_counter()
-    infinite.ntk(x, depth=depth, activation="tanh", sigma_w=SIGMA_W, sigma_b=SIGMA_B)
-    return time.perf_counter() - start
+    x = torch.randn(n, n0, generator=g, dtype=torch.float64)
+    if not raw:
+        x = torch.nn.functional.normalize(x, dim=1)
+    start, cpu = time.perf_counter(), time.process_time()
+    infinite.ntk(x, depth=depth, activation=activation, sigma_w=SIGMA_W, sigma_b=SIGMA_B)
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def eoc_seconds() -> float:
@@ -180,13 +185,21 @@ def main() -> None:
     ap.add_argument("--nt", action="store_true", help="compare with neural-tangents' stax (needs .venv-nt)")
     ap.add_argument("--out", help="--nt: write the rows as JSON here")
     ap.add_argument("--timeout", type=float, default=600.0, help="--nt: seconds per neural-tangents case")
+    ap.add_argument("--activation", action="append", help="without --nt: activation(s) to time (default: tanh)")
+    ap.add_argument("--raw", action="store_true", help="without --nt: unnormalized inputs (every norm distinct)")
+    ap.add_argument("--threads", type=int, default=None, help="without --nt: torch threads")
     args = ap.parse_args()
     if args.nt:
         compare(args)
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
-    for n in args.sizes or SIZES:
-        print(f"tanh NTK, 10 hidden layers, N = {n}: {tanh_ntk_seconds(n):.2f} s")
+    kind = "raw (distinct norms)" if args.raw else "normalized"
+    for act in args.activation or ["tanh"]:
+        for n in args.sizes or SIZES:
+            wall, cpu = ntk_seconds(n, act, args.raw)
+            print(f"{act} NTK, 10 hidden layers, N = {n} {kind} inputs: {wall:.2f} s ({cpu:.2f} s CPU)")
     print(f"eoc_curve('tanh', [0.0, 0.05]): {eoc_seconds():.2f} s")
 
 

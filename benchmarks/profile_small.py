@@ -3,8 +3,8 @@
     python benchmarks/profile_small.py [--workloads S,D] [--modes full,trace,...] [--profiler]
 
 Times the engine's stages separately (each the median of many repeats, in
-microseconds): model parsing and checks (``_check_model``), input checks
-(``_check_input``), the forward pass, the backward pass and the
+microseconds): the engine's own Python (a call with the op stubbed out),
+model parsing and checks (``_check_model``), input checks (``_check_input``), the forward pass, the backward pass and the
 accumulation (the rest), the whole call, and the plain-PyTorch formula next
 to it. With ``--profiler``, also prints torch.profiler's table of the
 operators of one call (self CPU time). On a shared machine the absolute
@@ -40,9 +40,24 @@ def median_us(fn, repeats: int) -> float:
     return times[len(times) // 2] * 1e6
 
 
+def engine_python(net, x):
+    """fastntk.ntk(net, x) with the whole-network op replaced by its result:
+    the engine's own Python (parsing, checks, dispatch)."""
+    result = engine.ntk(net, x)
+
+    def run():
+        op, engine._ops.mlp_ntk = engine._ops.mlp_ntk, lambda *args, **kwargs: result
+        try:
+            return engine.ntk(net, x)
+        finally:
+            engine._ops.mlp_ntk = op
+    return run
+
+
 def stages(net, x) -> dict:
     layers = engine._check_model(net)
     return {
+        "engine Python (op stubbed)": engine_python(net, x),
         "check_model (parse + finiteness)": lambda: engine._check_model(net),
         "check_input": lambda: engine._check_input("x1", x, layers),
         "forward": lambda: engine._forward(layers, x),
