@@ -162,14 +162,44 @@ inline bool derivative_from_output(Activation act, const ActivationParams& p) {
          (act == Activation::kLeakyRelu && p.negative_slope > 0);
 }
 
+// The op's finiteness check. A non-finite parameter shows in the
+// pre-activations it feeds: NaN * x is NaN, Inf * x is +-Inf or NaN, and a
+// sum with such a term is not finite (the GEMMs compute every product). So
+// the op checks its pre-activations, N sum_l n_l numbers, instead of the
+// parameters, sum_l n_l n_{l-1} numbers (135 MB on a 3 x 4096 network), and
+// returns NaN everywhere if any is not finite; the caller then searches the
+// parameters to name the bad one. A bias the pre-activation leaves out
+// (bias_scale 0) is checked itself. aminmax propagates NaN and cannot
+// overflow, and nothing syncs with the device.
+class FiniteCheck {
+ public:
+  void add(const at::Tensor& t) {
+    if (t.numel() == 0) return;
+    auto [lo, hi] = at::aminmax(t);
+    extrema_.push_back(lo);
+    extrema_.push_back(hi);
+  }
+  // out + 0 (unchanged) if everything added was finite, else NaN everywhere.
+  void apply(at::Tensor& out) const {
+    if (extrema_.empty()) return;
+    const at::Tensor e = at::stack(extrema_);
+    out.add_((e - e).sum());  // x - x: 0 for finite x, NaN for +-Inf and NaN
+  }
+
+ private:
+  std::vector<at::Tensor> extrema_;
+};
+
 // What the backward pass keeps of each layer of a batch: a^l = phi(h^l)
 // where derivative_from_output, else h^l (memory: one (N, n_l) tensor per
-// layer either way).
-inline std::vector<at::Tensor> mlp_forward(const MlpSpec& spec, const at::Tensor& x) {
+// layer either way). Every pre-activation goes to `check`.
+inline std::vector<at::Tensor> mlp_forward(const MlpSpec& spec, const at::Tensor& x, FiniteCheck& check) {
   std::vector<at::Tensor> saved;
   at::Tensor a = x;
   for (int64_t l = 0; l < spec.n_layers(); ++l) {
     const at::Tensor h = pre_activation(a, spec.weights[l], spec.biases[l], spec.scales[l], spec.bias_scales[l]);
+    check.add(h);
+    if (spec.biases[l] && spec.bias_scales[l] == 0.0) check.add(*spec.biases[l]);
     a = activation_forward(spec.codes[l], h, spec.params[l]);
     saved.push_back(derivative_from_output(spec.codes[l], spec.params[l]) ? a : h);
   }
@@ -249,7 +279,8 @@ at::Tensor mlp_ntk_driver(const at::Tensor& x1, const std::optional<at::Tensor>&
   at::Tensor out = at::zeros(mlp_ntk_out_shape(spec, mode, n1, n2, layerwise, diagonal), x1.options());
   if (out.numel() == 0) return out;
 
-  const std::vector<at::Tensor> saved1 = mlp_forward(spec, x1);
+  FiniteCheck check;
+  const std::vector<at::Tensor> saved1 = mlp_forward(spec, x1, check);
   LayerSignals<kBackprop> side1(spec, x1, saved1);
 
   if (diagonal) {
@@ -265,10 +296,11 @@ at::Tensor mlp_ntk_driver(const at::Tensor& x1, const std::optional<at::Tensor>&
       if (ws != 0.0) kDiag(out[l][0], a, side1.delta(), ws, 0.0, outputs);
       if (bs != 0.0) kDiag(out[l][1], a, side1.delta(), 0.0, bs, outputs);
     }
+    check.apply(out);
     return out;
   }
 
-  const std::vector<at::Tensor> saved2 = symmetric ? std::vector<at::Tensor>() : mlp_forward(spec, *x2);
+  const std::vector<at::Tensor> saved2 = symmetric ? std::vector<at::Tensor>() : mlp_forward(spec, *x2, check);
   std::optional<LayerSignals<kBackprop>> side2;
   if (!symmetric) side2.emplace(spec, *x2, saved2);
 
@@ -314,6 +346,7 @@ at::Tensor mlp_ntk_driver(const at::Tensor& x1, const std::optional<at::Tensor>&
     if (side2) side2->next();
   }
   flush();
+  check.apply(out);
   return out;
 }
 

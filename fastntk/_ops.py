@@ -283,6 +283,10 @@ def mlp_ntk(
     -------
     (N1, N2, K, K), (N1, N2) or (N1, N2, K) per ``outputs``; (N1, ...)
     instead of (N1, N2, ...) when diagonal; after (L, 2) when layerwise.
+    NaN everywhere if any pre-activation h^l is not finite, which any NaN
+    or Inf weight or bias makes it (a bias with bias_scales[l] = 0 is
+    checked itself): the op checks N sum_l n_l numbers instead of the
+    parameters, and the caller searches the parameters only on failure.
     """
     if torch.is_grad_enabled():  # the engine runs under no_grad: skip building the names
         _refuse_grad("mlp_ntk", x1=x1, **({} if x2 is None else {"x2": x2}), **{

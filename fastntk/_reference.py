@@ -204,7 +204,9 @@ def mlp_ntk(
     """The NTK of the dense network h^l = scales[l] a^{l-1} W^l^T + bias_scales[l] b^l,
     a^l = phi_l(h^l), summed over every weight and bias (c_l^2 and beta_l^2
     weighting), from the per-layer functions above; activation_params holds
-    (negative_slope, beta, threshold) per layer."""
+    (negative_slope, beta, threshold) per layer. The result is NaN
+    everywhere if a pre-activation is not finite (as from a NaN or Inf
+    parameter), or a bias that a zero bias_scale leaves out is not."""
     _check_choice("outputs", outputs, OUTPUT_MODES)
     n_layers = len(weights)
     if not n_layers or len({n_layers, len(biases), len(scales), len(bias_scales), len(activations)}) != 1:
@@ -228,9 +230,10 @@ def mlp_ntk(
     shape = lead + {"full": (k, k), "trace": (), "per_output": (k,)}[outputs]
     out = torch.zeros(((n_layers, 2) if layerwise else ()) + shape, dtype=x1.dtype, device=x1.device)
     coefficients = [(scales[l] ** 2, bias_scales[l] ** 2 if biases[l] is not None else 0.0) for l in range(n_layers)]
-    signals1 = _mlp_layer_signals(x1, forward(x1), weights, scales, acts)
+    hs1, hs2 = forward(x1), None if x2 is None else forward(x2)
+    signals1 = _mlp_layer_signals(x1, hs1, weights, scales, acts)
     pairs = (((s, s) for s in signals1) if x2 is None
-             else zip(signals1, _mlp_layer_signals(x2, forward(x2), weights, scales, acts)))
+             else zip(signals1, _mlp_layer_signals(x2, hs2, weights, scales, acts)))
     for (l, a1, d1), (_, a2, d2) in pairs:
         ws, bs = coefficients[l]
         if diagonal:
@@ -241,4 +244,10 @@ def mlp_ntk(
             ntk_accumulate(out[l, 0], a1, a2, d1, d2, ws, bs, outputs, bias_out=out[l, 1])
         else:
             ntk_accumulate(out, a1, a2, d1, d2, ws, bs, outputs)
+    # the op's finiteness contract: NaN everywhere if a pre-activation (or a
+    # bias that bias_scale 0 leaves out of it) is not finite
+    checked = [*hs1, *(hs2 or []),
+               *(b for b, s in zip(biases, bias_scales) if b is not None and s == 0.0)]
+    if not all(bool(torch.isfinite(t).all()) for t in checked):
+        out.fill_(float("nan"))
     return out

@@ -410,6 +410,36 @@ def test_nan_in_model_is_refused():
         fastntk.ntk(net, X)
 
 
+@pytest.mark.parametrize("activation,kind,layer,value", [
+    ("relu", "bias", 0, -float("inf")),   # masked by ReLU: the kernel alone would look finite
+    ("tanh", "bias", 1, float("inf")),    # masked by tanh
+    ("tanh", "weight", 0, float("inf")),  # tanh(+-Inf) = +-1, tanh' = 0
+    ("relu", "weight", 2, float("nan")),  # the readout
+    ("relu", "bias", 2, float("nan")),    # the readout bias: no effect on the kernel, still bad input
+])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_non_finite_parameter_is_refused_by_name(activation, kind, layer, value, frozen):
+    """Every entry point names the bad tensor: the whole-network op's path
+    (found through its pre-activations) and the per-layer path (a frozen
+    tensor elsewhere sends the model there)."""
+    net = nn.Sequential(nn.Linear(4, 6), _ACTIVATION_MODULES[activation](), nn.Linear(6, 5),
+                        _ACTIVATION_MODULES[activation](), nn.Linear(5, 2))
+    with torch.no_grad():
+        getattr(net[2 * layer], kind).view(-1)[1] = value
+    if frozen:
+        net[2].bias.requires_grad_(False)
+    x = X.clone()
+    x[:, 0] = 0.0
+    match = f"model layer {layer} {kind} contains NaN or Inf"
+    for call in (lambda: fastntk.ntk(net, x), lambda: fastntk.ntk(net, x, X[:2], outputs="trace"),
+                 lambda: fastntk.ntk_diag(net, x, layerwise=True)):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
 def test_mixed_dtype_model_is_refused():
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2).double())
     with pytest.raises(TypeError, match="share one dtype and device"):

@@ -532,6 +532,31 @@ class TestMlpNtk:
         got = _ops.mlp_ntk(x, None, *network_arguments(net), "full")
         assert torch.equal(got, got.permute(1, 0, 3, 2))
 
+    @pytest.mark.parametrize("activation", ["relu", "tanh"])
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+    def test_non_finite_parameter_gives_nan_everywhere(self, device, activation, value):
+        """Any NaN/Inf weight or bias, even one the activation would mask
+        (-Inf behind ReLU, +-Inf behind tanh) or one a zero bias scale leaves
+        out, makes every entry NaN, in every mode; the reference agrees."""
+        x1 = rand(4, 3, device=device, dtype=torch.float64)
+        x2 = rand(2, 3, device=device, dtype=torch.float64)
+        x1[:, 1] = 0.0  # a zero input column: an Inf weight there gives Inf * 0 = NaN
+        for position in [("weights", 0, (0, 1)), ("weights", 1, (2, 0)), ("weights", 2, (1, 3)),
+                         ("biases", 0, (1,)), ("biases", 1, (4,)), ("biases", 2, (0,)), ("zero_scale_bias", 1, (2,))]:
+            net = make_network([3, 5, 5, 2], activation, "ntk", True, device, torch.float64)
+            args = list(network_arguments(net))
+            kind, l, index = position
+            tensors = args[0] if kind == "weights" else args[1]
+            tensors[l] = tensors[l].clone()
+            tensors[l][index] = value
+            if kind == "zero_scale_bias":
+                args[3] = [0.0 if i == l else s for i, s in enumerate(args[3])]
+            for second, outputs, layerwise, diagonal in [(None, "full", False, False), (x2, "trace", True, False),
+                                                         (None, "per_output", False, True)]:
+                got = _ops.mlp_ntk(x1, second, *args, outputs, layerwise, diagonal=diagonal)
+                ref = _reference.mlp_ntk(x1, second, *args, outputs, layerwise, diagonal=diagonal)
+                assert torch.isnan(got).all() and torch.isnan(ref).all(), (position, outputs)
+
     def test_zero_inputs(self, device):
         net = make_network([3, 4, 2], "relu", "ntk", True, device, torch.float64)
         got = _ops.mlp_ntk(torch.zeros(0, 3, device=device, dtype=torch.float64), None, *network_arguments(net),
