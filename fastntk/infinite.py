@@ -132,6 +132,16 @@ _SERIES_TRUNC = 18.0  # |h_k phi| <= exp(-z^2 / 4) (up to a slowly growing facto
 _SERIES_PANEL = 0.3  # uniform panel width of its 1-D rule: about one wavelength of h_K
 _SERIES_TOL = 1e-13  # accepted series truncation error, relative to sqrt(E[f(u)^2] E[f(v)^2])
 _SERIES_MAX_VARIANCES = 1 << 16  # distinct variances above which the series does not pay
+# added to the relative series tails 1 - sum_k a_k^2 / E[f^2]: the summation's rounding, at most
+# (terms - 1) eps = 1.1e-13 for 512 terms, and the coefficients' quadrature error (~1e-15)
+_TAIL_FLOOR = 2e-13
+_GRID_BUDGET = _SERIES_TOL / 20  # each of the grid's two bounds: ten times inside _SERIES_TOL together
+_GRID_TERMS = (64, 128, 256, _SERIES_TERMS)  # coefficient tables the grid tries in turn
+_GRID_MAX_REST = 1 / 64  # share of the pairs left to the pairwise path above which the next table is tried
+_GRID_BLOCK = 1 << 16  # grid entries per block: in cache for the Horner passes
+_GRID_BLOCK_ROWS = 256
+_GRID_MIN_PAIRS = 4096  # pairs below which the grid does not pay
+_GRID_MIN_FILL = 0.25  # share of its blocks' entries the pairs must fill
 _NORM_RTOL = 1e-13  # inputs whose squared norms differ by less share an interpolant
 _Q_INFINITE = 1e12  # where chi_1 of a divergent length map is evaluated
 
@@ -302,7 +312,11 @@ def _check_widths(widths, depth: int, parametrization: str, required: bool = Tru
 def _unit_correlation(s1: torch.Tensor, s2: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Rows where (u, v) is degenerate: a zero variance, or |rho| = 1 up to
     rounding. There v = rho sqrt(s2 / s1) u exactly, and the 1-D rule applies."""
-    g = torch.sqrt(s1) * torch.sqrt(s2)  # not sqrt(s1 * s2): that overflows first
+    return _unit_correlation_of(torch.sqrt(s1) * torch.sqrt(s2), c)  # not sqrt(s1 * s2): that overflows first
+
+
+def _unit_correlation_of(g: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """:func:`_unit_correlation` from g = sqrt(s1) sqrt(s2)."""
     return (g == 0) | (c.abs() >= g * (1 - _RHO_ONE_EPS))
 
 
@@ -505,44 +519,54 @@ def _quad_2d(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, o
 # expectation's scale (ten times over), else the 2-D rule.
 
 
-def _hermite_table(z: torch.Tensor) -> torch.Tensor:
-    """h_k(z) for k < _SERIES_TERMS: (K,) + z.shape."""
-    h = torch.empty((_SERIES_TERMS,) + tuple(z.shape), dtype=_DTYPE)
+def _hermite_table(z: torch.Tensor, terms: int = _SERIES_TERMS) -> torch.Tensor:
+    """h_k(z) for k < terms: (terms,) + z.shape."""
+    h = torch.empty((terms,) + tuple(z.shape), dtype=_DTYPE)
     h[0] = 1.0
-    h[1] = z
-    for n in range(1, _SERIES_TERMS - 1):  # h_{n+1} = (z h_n - sqrt(n) h_{n-1}) / sqrt(n + 1)
+    if terms > 1:
+        h[1] = z
+    for n in range(1, terms - 1):  # h_{n+1} = (z h_n - sqrt(n) h_{n-1}) / sqrt(n + 1)
         h[n + 1] = (z * h[n] - math.sqrt(n) * h[n - 1]) / math.sqrt(n + 1)
     return h
 
 
-def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int):
-    """(a_k, a'_k) for k < _SERIES_TERMS: E[phi(sqrt(q) z) h_k(z)] and the same
-    for phi', for the distinct variances q (U,) -> two (U, K) tensors."""
+def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int, terms: int = _SERIES_TERMS):
+    """(a_k, a'_k) for k < terms: E[phi(sqrt(q) z) h_k(z)] and the same for
+    phi', for the distinct variances q (U,) -> two (U, terms) tensors; and
+    E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2] (U,) by the same rule.
+
+    The rule's uniform panels are one wavelength of h_terms wide, so fewer
+    terms need fewer nodes."""
     root = torch.sqrt(q)
     scale = act.scale / root
-    a = torch.empty(q.numel(), _SERIES_TERMS, dtype=_DTYPE)
+    panel = _SERIES_PANEL * math.sqrt(_SERIES_TERMS / terms)
+    a = torch.empty(q.numel(), terms, dtype=_DTYPE)
     da = torch.empty_like(a)
+    sq, dsq = torch.empty_like(q), torch.empty_like(q)
     if len(act.centers) == 1:
         # phi bends only at 0: one rule, graded for the narrowest bend, serves
         # every variance, and the coefficients are a matrix product
         narrowest = scale.min().reshape(1)
-        z, w = _graded_rule(torch.zeros(1, 1, dtype=_DTYPE), narrowest, int(_levels(narrowest, _SERIES_PANEL)),
-                            order, _SERIES_TRUNC, _SERIES_PANEL)
-        hw = (_hermite_table(z[0]) * w).T  # (M, K)
+        z, w = _graded_rule(torch.zeros(1, 1, dtype=_DTYPE), narrowest, int(_levels(narrowest, panel)),
+                            order, _SERIES_TRUNC, panel)
+        hw = (_hermite_table(z[0], terms) * w).T  # (M, K)
         for idx in _chunks(torch.arange(q.numel()), z.shape[1]):
             u = root[idx, None] * z
-            a[idx] = act.phi(u) @ hw
-            da[idx] = act.dphi(u) @ hw
-        return a, da
+            f, df = act.phi(u), act.dphi(u)
+            a[idx], da[idx] = f @ hw, df @ hw
+            sq[idx], dsq[idx] = (f * f) @ w[0], (df * df) @ w[0]
+        return a, da, sq, dsq
     centers = _centers_over(act, root)
-    for (k,), group in _groups(_levels(scale, _SERIES_PANEL)):
+    for (k,), group in _groups(_levels(scale, panel)):
         for idx in torch.split(group, 16):  # the table is (K, rows, M)
-            z, w = _graded_rule(centers[idx], scale[idx], k, order, _SERIES_TRUNC, _SERIES_PANEL)
-            h = _hermite_table(z)
+            z, w = _graded_rule(centers[idx], scale[idx], k, order, _SERIES_TRUNC, panel)
+            h = _hermite_table(z, terms)
             u = root[idx, None] * z
-            a[idx] = torch.einsum("kpm,pm->pk", h, w * act.phi(u))
-            da[idx] = torch.einsum("kpm,pm->pk", h, w * act.dphi(u))
-    return a, da
+            f, df = act.phi(u), act.dphi(u)
+            a[idx] = torch.einsum("kpm,pm->pk", h, w * f)
+            da[idx] = torch.einsum("kpm,pm->pk", h, w * df)
+            sq[idx], dsq[idx] = (w * f * f).sum(-1), (w * df * df).sum(-1)
+    return a, da, sq, dsq
 
 
 def _series_pairs(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, order: int):
@@ -591,7 +615,7 @@ def _cached_coefficients(act: _Act, q: torch.Tensor, order: int):
     keys = [(v, order) for v in q.tolist()]
     missing = [i for i, k in enumerate(keys) if k not in act.cache]
     if missing:
-        a, da = _hermite_coefficients(act, q[missing], order)
+        a, da, _, _ = _hermite_coefficients(act, q[missing], order)
         if len(act.cache) > 4096:
             act.cache.clear()
         for r, i in enumerate(missing):
@@ -641,6 +665,187 @@ def _expect_same(act: _Act, q: torch.Tensor, closed: bool, order: int):
 
 
 # ---------------------------------------------------------------------------
+# Gaussian expectations on a grid of pairs
+#
+# Raw inputs (every norm distinct) give every pair its own variances, so the
+# angle interpolant does not apply and the recursion runs on all N^2 / 2
+# pairs. The pairs then fill a grid (inputs x inputs) whose rows and columns
+# each carry one variance, and the Mehler series is summed blockwise by
+# Horner's rule in rho, E <- E rho + a_k b_k^T: no per-pair gathers of
+# coefficient rows, two passes over a block per term. The error is bounded
+# per block, rigorously: with coefficients normalized by sqrt(E[f^2]) and
+# t(K) = sum_{k >= K} a_k^2 / E[f^2] the relative tail (Parseval), Cauchy-Schwarz gives
+#     |sum_{k >= K} a_k b_k rho^k| <= |rho|^K sqrt(t_a(K) t_b(K)) sqrt(E[f(u)^2] E[f(v)^2]);
+# a block sums the fewest K terms for which this, with the block's largest
+# |rho| and tails, is below half of _SERIES_TOL, and skips the terms (e.g.
+# the zero ones of an odd or even phi) whose bounds add up to the other half.
+# Pairs that would need more terms than the coefficient table holds, and
+# those at correlation +-1, go to :func:`_expect_pairs`.
+
+
+def _series_tables(act: _Act, q: torch.Tensor, order: int, terms: int):
+    """For phi and phi' at the variances q (U,): the coefficients a (U, terms),
+    their magnitudes relative to sqrt(E[f^2]) (U, terms), the relative
+    tails t (U, terms + 1), t[:, K] >= sum_{k >= K} a_k^2 / E[f^2], and
+    whether E[f^2] > 0 (U,) (elsewhere, e.g. at variance 0, the other
+    entries are 0 and the rows take no series)."""
+    a, da, sq, dsq = _hermite_coefficients(act, q, order, terms)
+    tables = []
+    for coef, norm2 in ((a, sq), (da, dsq)):
+        valid = (norm2 > 0) & torch.isfinite(norm2)
+        rel = coef / torch.where(valid, torch.sqrt(norm2), 1.0)[:, None]
+        rel = torch.where(valid[:, None], rel.abs(), 0.0)
+        done = torch.cat([torch.zeros_like(q)[:, None], torch.cumsum(rel * rel, 1)], 1)
+        tail = torch.where(valid[:, None], (1 - done).clamp_min(0.0) + _TAIL_FLOOR, 0.0)
+        tables.append((coef, rel, tail, valid))
+    return tables
+
+
+def _block_terms(env_r: torch.Tensor, env_c: torch.Tensor, tail_r: torch.Tensor, tail_c: torch.Tensor,
+                 rho_max: float) -> list[int]:
+    """The terms k a block sums: all k < K but those skipped, for rows with
+    relative coefficient magnitudes at most env_r (terms,) and tails at most
+    tail_r (terms + 1,), columns likewise, and |rho| <= rho_max."""
+    budget = _GRID_BUDGET
+    powers = rho_max ** torch.arange(tail_r.numel(), dtype=_DTYPE)
+    fits = (powers * torch.sqrt(tail_r * tail_c) <= budget).nonzero()
+    k_max = int(fits[0]) if fits.numel() else env_r.numel()  # the block's rows all passed at k = terms
+    bounds = env_r[:k_max] * env_c[:k_max] * powers[:k_max]
+    order = torch.argsort(bounds)
+    skipped = order[torch.cumsum(bounds[order], 0) <= budget]
+    keep = torch.ones(k_max, dtype=torch.bool)
+    keep[skipped] = False
+    return keep.nonzero().squeeze(1).tolist()
+
+
+def _horner(a_r: torch.Tensor, a_c: torch.Tensor, rho: torch.Tensor, terms: list[int]) -> torch.Tensor:
+    """sum over k in terms of outer(a_r[k], a_c[k]) rho^k for a block rho (R, C),
+    a_r (terms, R), a_c (terms, C): even and odd k each by Horner's rule in rho^2."""
+    out = None
+    rho2 = rho * rho
+    for parity in (0, 1):
+        ks = [k for k in terms if k % 2 == parity]
+        if not ks:
+            continue
+        acc = torch.outer(a_r[ks[-1]], a_c[ks[-1]])
+        for hi, lo in zip(reversed(ks), reversed(ks[:-1])):
+            for _ in range((hi - lo) // 2):
+                acc.mul_(rho2)
+            acc.addr_(a_r[lo], a_c[lo])
+        for _ in range(ks[0] // 2):
+            acc.mul_(rho2)
+        if parity:
+            acc.mul_(rho)
+        out = acc if out is None else out.add_(acc)
+    return torch.zeros_like(rho) if out is None else out
+
+
+class _Grid:
+    """Pairs p joining the inputs i1[p] and i2[p] (indices into the variances
+    v), laid out on a grid whose rows and columns are their distinct inputs
+    in index order (one axis for both when they share inputs, as with x2 =
+    None), and cut into blocks of about _GRID_BLOCK entries; only the blocks
+    that hold a pair are summed. (Sorting the axes by variance would make
+    the blocks' term counts a little smaller, but the pairs' gathers and
+    scatters random: on the benchmark that costs more than it saves.)"""
+
+    def __init__(self, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor):
+        self.i1, self.i2 = i1, i2
+        seen = torch.zeros(v.numel(), dtype=torch.bool)
+        seen[i1] = True
+        if bool(seen[i2].any()):
+            self.rows = self.cols = torch.unique(torch.cat([i1, i2]))
+        else:
+            self.rows, self.cols = torch.unique(i1), torch.unique(i2)
+        pr, pc = self._positions(v, self.rows, i1), self._positions(v, self.cols, i2)
+        nr, nc = self.rows.numel(), self.cols.numel()
+        self.flat = pr * nc + pc  # each pair's entry of the (nr, nc) grid
+        self.br = min(nr, _GRID_BLOCK_ROWS)
+        self.bc = min(nc, max(_GRID_BLOCK_ROWS, _GRID_BLOCK // self.br))
+        self.nbc = -(-nc // self.bc)
+        self.block = (pr // self.br) * self.nbc + pc // self.bc  # each pair's block, row-major
+        self.blocks = torch.unique(self.block)
+
+    @staticmethod
+    def _positions(v: torch.Tensor, axis: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.empty(v.numel(), dtype=torch.int64)
+        pos[axis] = torch.arange(axis.numel())
+        return pos[idx]
+
+    @classmethod
+    def layout(cls, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor) -> "_Grid | None":
+        """The grid of these pairs, or None where it does not pay: few pairs,
+        or pairs that fill under _GRID_MIN_FILL of their blocks (e.g. the
+        angle interpolant's nodes, each with its own pair of inputs)."""
+        if i1.numel() < _GRID_MIN_PAIRS:
+            return None
+        grid = cls(v, i1, i2)
+        rows = (grid.rows.numel() - (grid.blocks // grid.nbc) * grid.br).clamp(max=grid.br)
+        cols = (grid.cols.numel() - (grid.blocks % grid.nbc) * grid.bc).clamp(max=grid.bc)
+        return grid if i1.numel() >= _GRID_MIN_FILL * int((rows * cols).sum()) else None
+
+    @staticmethod
+    def _block_max(values: torch.Tensor, size: int) -> torch.Tensor:
+        """Values of an axis (n, m) -> their maxima over each block of ``size`` entries (blocks, m)."""
+        return torch.stack([part.amax(0) for part in torch.split(values, size)])
+
+    def _cuts(self, tables, ir: torch.Tensor, ic: torch.Tensor, terms: int):
+        """Per block, the largest |rho| that ``terms`` terms resolve for phi and phi'
+        (nr_blocks * nc_blocks,), and per channel the block maxima that :func:`_block_terms` takes."""
+        blocks, cut = [], None
+        for coef, rel, tail, _ in tables:
+            env_r, tail_r = self._block_max(rel[ir], self.br), self._block_max(tail[ir], self.br)
+            env_c, tail_c = self._block_max(rel[ic], self.bc), self._block_max(tail[ic], self.bc)
+            blocks.append((coef, env_r, env_c, tail_r, tail_c))
+            # |rho|^terms sqrt(t_r t_c) <= the budget, a little inside it against rounding
+            log_t = 0.5 * (torch.log(tail_r[:, terms, None]) + torch.log(tail_c[None, :, terms]))
+            limit = torch.exp((math.log(_GRID_BUDGET) - 1e-9 - log_t) / terms).clamp(max=1.0)
+            cut = limit if cut is None else torch.minimum(cut, limit)
+        return cut.reshape(-1), blocks
+
+    def expect(self, act: _Act, v: torch.Tensor, c: torch.Tensor, order: int):
+        """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]) for the pairs, u ~ v[i1],
+        v ~ v[i2], Cov = c (P,), as :func:`_expect_pairs` computes them."""
+        root = torch.sqrt(v)
+        g = root[self.i1] * root[self.i2]
+        one = _unit_correlation_of(g, c)
+        rho = c / torch.where(one, 1.0, g)
+        vr, vc = v[self.rows], v[self.cols]
+        uq, inverse = torch.unique(torch.cat([vr, vc]), return_inverse=True)
+        ir, ic = inverse[:vr.numel()], inverse[vr.numel():]
+        usable = ~one
+        for terms in _GRID_TERMS:
+            tables = _series_tables(act, uq, order, terms)
+            valid = tables[0][3] & tables[1][3]
+            if not bool(valid.all()):
+                valid_grid = (valid[ir][:, None] & valid[ic][None, :]).reshape(-1)
+                usable = ~one & valid_grid[self.flat]
+            cut, blocks = self._cuts(tables, ir, ic, terms)
+            series = usable & (rho.abs() <= cut[self.block])
+            if int((usable & ~series).sum()) <= _GRID_MAX_REST * rho.numel():
+                break
+        grid_rho = torch.zeros(vr.numel() * vc.numel(), dtype=_DTYPE)
+        grid_rho[self.flat] = torch.where(series, rho, 0.0)  # pairs left to _expect_pairs do not count
+        grid_rho = grid_rho.reshape(vr.numel(), vc.numel())
+        sums = [torch.empty_like(grid_rho), torch.empty_like(grid_rho)]
+        rows_of = [(coef[ir].T.contiguous(), coef[ic].T.contiguous()) for coef, *_ in blocks]  # (terms, n)
+        for b in self.blocks.tolist():
+            bi, bj = divmod(b, self.nbc)
+            rows, cols = slice(bi * self.br, (bi + 1) * self.br), slice(bj * self.bc, (bj + 1) * self.bc)
+            block_rho = grid_rho[rows, cols]
+            rho_max = float(block_rho.abs().max())
+            for (_, env_r, env_c, tail_r, tail_c), (a_r, a_c), out in zip(blocks, rows_of, sums):
+                kept = _block_terms(env_r[bi], env_c[bj], tail_r[bi], tail_c[bj], rho_max)
+                out[rows, cols] = _horner(a_r[:, rows], a_c[:, cols], block_rho, kept)
+        e, de = sums[0].reshape(-1)[self.flat], sums[1].reshape(-1)[self.flat]
+        rest = (~series).nonzero().squeeze(1)
+        if rest.numel():
+            s1, s2 = v[self.i1[rest]], v[self.i2[rest]]
+            e[rest], de[rest] = _expect_pairs(act, s1, s2, c[rest], False, order)
+        return e, de
+
+
+# ---------------------------------------------------------------------------
 # the layer recursion, on a flat list of input pairs
 
 
@@ -674,8 +879,12 @@ def _pair_kernels(spec: _Spec, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tens
     variance follows its own recursion, so it is computed once per input
     (M = len(v) values) and gathered per pair, not once per pair."""
     sigmas, ephis, dsigmas = [c], [], []
+    grid = None if spec.closed else _Grid.layout(v, i1, i2)
     for layer in range(2, spec.depth + 1):
-        e, de = _expect_pairs(spec.act, v[i1], v[i2], c, spec.closed, spec.order)
+        if grid is None:
+            e, de = _expect_pairs(spec.act, v[i1], v[i2], c, spec.closed, spec.order)
+        else:
+            e, de = grid.expect(spec.act, v, c, spec.order)
         e_same, _ = _expect_same(spec.act, v, spec.closed, spec.order)
         v = spec.sw2 * e_same + spec.sb2
         c = spec.sw2 * e + spec.sb2
@@ -863,8 +1072,10 @@ def _kernel_entries(spec: _Spec, sq1: torch.Tensor, sq2: torch.Tensor, gram: tor
                 direct[idx] = ~resolved[piece]
     rest = direct.nonzero().squeeze(1)
     if rest.numel():
-        v = spec.sw2 * torch.cat([sq1, sq2]) / spec.n0 + spec.sb2
-        out[:, rest] = _pair_kernels(spec, v, i[rest], j[rest] + sq1.numel(),
+        # x2 = None: both sides index one set of inputs, so that the grid sees one axis
+        shared = sq2 is sq1
+        v = spec.sw2 * (sq1 if shared else torch.cat([sq1, sq2])) / spec.n0 + spec.sb2
+        out[:, rest] = _pair_kernels(spec, v, i[rest], j[rest] + (0 if shared else sq1.numel()),
                                      spec.sw2 * g[rest] / spec.n0 + spec.sb2, g[rest])
     return out
 
