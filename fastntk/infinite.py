@@ -132,9 +132,12 @@ _SERIES_TRUNC = 18.0  # |h_k phi| <= exp(-z^2 / 4) (up to a slowly growing facto
 _SERIES_PANEL = 0.3  # uniform panel width of its 1-D rule: about one wavelength of h_K
 _SERIES_TOL = 1e-13  # accepted series truncation error, relative to sqrt(E[f(u)^2] E[f(v)^2])
 _SERIES_MAX_VARIANCES = 1 << 16  # distinct variances above which the series does not pay
-# added to the relative series tails 1 - sum_k a_k^2 / E[f^2]: the summation's rounding, at most
-# (terms - 1) eps = 1.1e-13 for 512 terms, and the coefficients' quadrature error (~1e-15)
-_TAIL_FLOOR = 2e-13
+# The grid's series tails: the mass beyond a table, E[(f - sum_k a_k h_k)^2], is integrated by
+# the table's own rule, which resolves it to a few percent (measured: <= 8% against the 512-term
+# rule, every activation, variances 1e-3 .. 1e6), so twice it bounds it; the square root of each
+# tail gets the coefficients' own errors added, sqrt(terms) of ~1e-16 each.
+_TAIL_SAFETY = 2.0
+_TAIL_ROOT_FLOOR = 1e-14
 _GRID_BUDGET = _SERIES_TOL / 20  # each of the grid's two bounds: ten times inside _SERIES_TOL together
 _GRID_TERMS = (64, 128, 256, _SERIES_TERMS)  # coefficient tables the grid tries in turn
 _GRID_MAX_REST = 1 / 64  # share of the pairs left to the pairwise path above which the next table is tried
@@ -530,43 +533,49 @@ def _hermite_table(z: torch.Tensor, terms: int = _SERIES_TERMS) -> torch.Tensor:
     return h
 
 
-def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int, terms: int = _SERIES_TERMS):
-    """(a_k, a'_k) for k < terms: E[phi(sqrt(q) z) h_k(z)] and the same for
-    phi', for the distinct variances q (U,) -> two (U, terms) tensors; and
-    E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2] (U,) by the same rule.
+def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int, terms: int = _SERIES_TERMS,
+                          tails: bool = False):
+    """Hermite expansions of phi and phi' at the distinct variances q (U,):
+    per function f, (a, norm2, rest2) with a (U, terms) the coefficients
+    a_k = E[f(sqrt(q) z) h_k(z)] and, with ``tails``, norm2 = E[f^2] and
+    rest2 = E[(f - sum_k a_k h_k)^2] (U,) by the same rule (else None): the
+    mass beyond the expansion, from the residual itself, so that it is
+    resolved far below the rounding of E[f^2] - sum_k a_k^2.
 
     The rule's uniform panels are one wavelength of h_terms wide, so fewer
     terms need fewer nodes."""
     root = torch.sqrt(q)
     scale = act.scale / root
     panel = _SERIES_PANEL * math.sqrt(_SERIES_TERMS / terms)
-    a = torch.empty(q.numel(), terms, dtype=_DTYPE)
-    da = torch.empty_like(a)
-    sq, dsq = torch.empty_like(q), torch.empty_like(q)
+    out = [(torch.empty(q.numel(), terms, dtype=_DTYPE), torch.empty_like(q), torch.empty_like(q))
+           for _ in range(2)]
     if len(act.centers) == 1:
         # phi bends only at 0: one rule, graded for the narrowest bend, serves
         # every variance, and the coefficients are a matrix product
         narrowest = scale.min().reshape(1)
         z, w = _graded_rule(torch.zeros(1, 1, dtype=_DTYPE), narrowest, int(_levels(narrowest, panel)),
                             order, _SERIES_TRUNC, panel)
-        hw = (_hermite_table(z[0], terms) * w).T  # (M, K)
+        table = _hermite_table(z[0], terms)  # (K, M)
+        hw = (table * w).T  # (M, K)
         for idx in _chunks(torch.arange(q.numel()), z.shape[1]):
             u = root[idx, None] * z
-            f, df = act.phi(u), act.dphi(u)
-            a[idx], da[idx] = f @ hw, df @ hw
-            sq[idx], dsq[idx] = (f * f) @ w[0], (df * df) @ w[0]
-        return a, da, sq, dsq
-    centers = _centers_over(act, root)
-    for (k,), group in _groups(_levels(scale, panel)):
-        for idx in torch.split(group, 16):  # the table is (K, rows, M)
-            z, w = _graded_rule(centers[idx], scale[idx], k, order, _SERIES_TRUNC, panel)
-            h = _hermite_table(z, terms)
-            u = root[idx, None] * z
-            f, df = act.phi(u), act.dphi(u)
-            a[idx] = torch.einsum("kpm,pm->pk", h, w * f)
-            da[idx] = torch.einsum("kpm,pm->pk", h, w * df)
-            sq[idx], dsq[idx] = (w * f * f).sum(-1), (w * df * df).sum(-1)
-    return a, da, sq, dsq
+            for f, (a, norm2, rest2) in zip((act.phi(u), act.dphi(u)), out):
+                a[idx] = f @ hw
+                if tails:
+                    norm2[idx], rest2[idx] = (f * f) @ w[0], (f - a[idx] @ table) ** 2 @ w[0]
+    else:
+        centers = _centers_over(act, root)
+        for (k,), group in _groups(_levels(scale, panel)):
+            for idx in torch.split(group, 16):  # the table is (K, rows, M)
+                z, w = _graded_rule(centers[idx], scale[idx], k, order, _SERIES_TRUNC, panel)
+                h = _hermite_table(z, terms)
+                u = root[idx, None] * z
+                for f, (a, norm2, rest2) in zip((act.phi(u), act.dphi(u)), out):
+                    a[idx] = torch.einsum("kpm,pm->pk", h, w * f)
+                    if tails:
+                        residual = f - torch.einsum("kpm,pk->pm", h, a[idx])
+                        norm2[idx], rest2[idx] = (w * f * f).sum(-1), (w * residual ** 2).sum(-1)
+    return [(a, norm2, rest2) if tails else (a, None, None) for a, norm2, rest2 in out]
 
 
 def _series_pairs(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, order: int):
@@ -615,7 +624,7 @@ def _cached_coefficients(act: _Act, q: torch.Tensor, order: int):
     keys = [(v, order) for v in q.tolist()]
     missing = [i for i, k in enumerate(keys) if k not in act.cache]
     if missing:
-        a, da, _, _ = _hermite_coefficients(act, q[missing], order)
+        (a, _, _), (da, _, _) = _hermite_coefficients(act, q[missing], order)
         if len(act.cache) > 4096:
             act.cache.clear()
         for r, i in enumerate(missing):
@@ -689,15 +698,18 @@ def _series_tables(act: _Act, q: torch.Tensor, order: int, terms: int):
     tails t (U, terms + 1), t[:, K] >= sum_{k >= K} a_k^2 / E[f^2], and
     whether E[f^2] > 0 (U,) (elsewhere, e.g. at variance 0, the other
     entries are 0 and the rows take no series)."""
-    a, da, sq, dsq = _hermite_coefficients(act, q, order, terms)
     tables = []
-    for coef, norm2 in ((a, sq), (da, dsq)):
+    for coef, norm2, rest2 in _hermite_coefficients(act, q, order, terms, tails=True):
         valid = (norm2 > 0) & torch.isfinite(norm2)
-        rel = coef / torch.where(valid, torch.sqrt(norm2), 1.0)[:, None]
-        rel = torch.where(valid[:, None], rel.abs(), 0.0)
-        done = torch.cat([torch.zeros_like(q)[:, None], torch.cumsum(rel * rel, 1)], 1)
-        tail = torch.where(valid[:, None], (1 - done).clamp_min(0.0) + _TAIL_FLOOR, 0.0)
-        tables.append((coef, rel, tail, valid))
+        scale = torch.where(valid, norm2, 1.0)
+        rel = torch.where(valid[:, None], coef.abs() / torch.sqrt(scale)[:, None], 0.0)
+        # the tail from K on: the table's terms from K on (summed from the end, without
+        # cancellation), and the mass beyond the table with a safety factor for its quadrature
+        beyond = _TAIL_SAFETY * torch.where(valid, rest2 / scale, 0.0)
+        squares = torch.cat([rel * rel, beyond[:, None]], 1)
+        tail = torch.flip(torch.cumsum(torch.flip(squares, [1]), 1), [1])
+        tail = (torch.sqrt(tail) * (1 + 1e-12) + _TAIL_ROOT_FLOOR) ** 2  # rounding; the coefficients' errors
+        tables.append((coef, rel, torch.where(valid[:, None], tail, 0.0), valid))
     return tables
 
 
