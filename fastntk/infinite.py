@@ -47,9 +47,12 @@ gelu, gelu_tanh, silu, softplus``):
 - where the correlation is +-1 (the diagonal, duplicated inputs, whether
   or not ``x2`` is passed) and where a variance is 0, the expectation is a
   1-D integral and is computed as one;
-- elsewhere, for the few distinct variances of a layer, by Mehler's formula
-  E[f(u) g(v)] = sum_k a_k b_k rho^k (512 Hermite coefficients from 1-D
-  integrals) where its tail is below 1e-13 of the scale, else by a 2-D rule;
+- elsewhere by Mehler's formula E[f(u) g(v)] = sum_k a_k b_k rho^k (up to
+  512 Hermite coefficients per distinct variance, from 1-D integrals) where
+  its tail is below 1e-13 of the scale, else by a 2-D rule; many pairs with
+  many distinct variances (unnormalized inputs) are summed blockwise on the
+  grid of pairs, each block with the fewest terms for which a bound on the
+  tail (Cauchy-Schwarz over the coefficients' own tails) is below 1e-14;
 - every 1-D and 2-D rule is composite Gauss-Legendre (``quad_order`` nodes
   per panel) on [-9, 9] standard deviations, with panels graded
   geometrically around the points where phi bends or has a kink, from the
@@ -64,7 +67,9 @@ interpolant of the whole kernel in that angle per group of norms, each
 piece accepted only after it matched the exact recursion at the midpoints
 between its nodes to 1e-11 of the group's largest entry (pieces that never
 do are computed pair by pair). N = 2000 inputs cost seconds, almost all of
-it in evaluating the interpolant.
+it in evaluating the interpolant. Inputs with distinct norms (no shared
+interpolant) fill a grid of pairs on which the series is summed by Horner's
+rule in rho, block by block: N = 2000 such inputs also cost seconds.
 
 Accuracy (tested against an independent adaptive quadrature,
 tests/infinite_reference.py): at the default ``quad_order=16`` every
@@ -132,6 +137,7 @@ _SERIES_TRUNC = 18.0  # |h_k phi| <= exp(-z^2 / 4) (up to a slowly growing facto
 _SERIES_PANEL = 0.3  # uniform panel width of its 1-D rule: about one wavelength of h_K
 _SERIES_TOL = 1e-13  # accepted series truncation error, relative to sqrt(E[f(u)^2] E[f(v)^2])
 _SERIES_MAX_VARIANCES = 1 << 16  # distinct variances above which the series does not pay
+_RULE_RUN = 32  # variances sharing one coefficient rule when phi bends at several points
 # The grid's series tails: the mass beyond a table, E[(f - sum_k a_k h_k)^2], is integrated by
 # the table's own rule, which resolves it to a few percent (measured: <= 8% against the 512-term
 # rule, every activation, variances 1e-3 .. 1e6), so twice it bounds it; the square root of each
@@ -549,32 +555,25 @@ def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int, terms: int = _
     panel = _SERIES_PANEL * math.sqrt(_SERIES_TERMS / terms)
     out = [(torch.empty(q.numel(), terms, dtype=_DTYPE), torch.empty_like(q), torch.empty_like(q))
            for _ in range(2)]
-    if len(act.centers) == 1:
-        # phi bends only at 0: one rule, graded for the narrowest bend, serves
-        # every variance, and the coefficients are a matrix product
-        narrowest = scale.min().reshape(1)
-        z, w = _graded_rule(torch.zeros(1, 1, dtype=_DTYPE), narrowest, int(_levels(narrowest, panel)),
+    # One rule serves a run of variances, graded for the run's narrowest bend
+    # around all of its centers, so that the coefficients are matrix
+    # products: for phi bending only at 0, one run of every variance; else
+    # runs of _RULE_RUN neighbouring variances (their centers are close).
+    by_value = torch.argsort(q)
+    runs = [by_value] if len(act.centers) == 1 else torch.split(by_value, _RULE_RUN)
+    for run in runs:
+        centers = torch.unique(_centers_over(act, root[run]).clamp(-_SERIES_TRUNC, _SERIES_TRUNC))
+        narrowest = scale[run].min().reshape(1)
+        z, w = _graded_rule(centers[None, :], narrowest, int(_levels(narrowest, panel)),
                             order, _SERIES_TRUNC, panel)
         table = _hermite_table(z[0], terms)  # (K, M)
         hw = (table * w).T  # (M, K)
-        for idx in _chunks(torch.arange(q.numel()), z.shape[1]):
+        for idx in _chunks(run, z.shape[1]):
             u = root[idx, None] * z
             for f, (a, norm2, rest2) in zip((act.phi(u), act.dphi(u)), out):
                 a[idx] = f @ hw
                 if tails:
                     norm2[idx], rest2[idx] = (f * f) @ w[0], (f - a[idx] @ table) ** 2 @ w[0]
-    else:
-        centers = _centers_over(act, root)
-        for (k,), group in _groups(_levels(scale, panel)):
-            for idx in torch.split(group, 16):  # the table is (K, rows, M)
-                z, w = _graded_rule(centers[idx], scale[idx], k, order, _SERIES_TRUNC, panel)
-                h = _hermite_table(z, terms)
-                u = root[idx, None] * z
-                for f, (a, norm2, rest2) in zip((act.phi(u), act.dphi(u)), out):
-                    a[idx] = torch.einsum("kpm,pm->pk", h, w * f)
-                    if tails:
-                        residual = f - torch.einsum("kpm,pk->pm", h, a[idx])
-                        norm2[idx], rest2[idx] = (w * f * f).sum(-1), (w * residual ** 2).sum(-1)
     return [(a, norm2, rest2) if tails else (a, None, None) for a, norm2, rest2 in out]
 
 
@@ -680,16 +679,18 @@ def _expect_same(act: _Act, q: torch.Tensor, closed: bool, order: int):
 # angle interpolant does not apply and the recursion runs on all N^2 / 2
 # pairs. The pairs then fill a grid (inputs x inputs) whose rows and columns
 # each carry one variance, and the Mehler series is summed blockwise by
-# Horner's rule in rho, E <- E rho + a_k b_k^T: no per-pair gathers of
-# coefficient rows, two passes over a block per term. The error is bounded
-# per block, rigorously: with coefficients normalized by sqrt(E[f^2]) and
-# t(K) = sum_{k >= K} a_k^2 / E[f^2] the relative tail (Parseval), Cauchy-Schwarz gives
+# Horner's rule in rho^2 (even and odd k apart), E <- E rho^2 + a_k b_k^T: no
+# per-pair gathers of coefficient rows, two passes over a block per term.
+# The truncation is bounded per block: with t(K) = sum_{k >= K} a_k^2 / E[f^2]
+# the relative tail of the expansion, Cauchy-Schwarz gives
 #     |sum_{k >= K} a_k b_k rho^k| <= |rho|^K sqrt(t_a(K) t_b(K)) sqrt(E[f(u)^2] E[f(v)^2]);
 # a block sums the fewest K terms for which this, with the block's largest
-# |rho| and tails, is below half of _SERIES_TOL, and skips the terms (e.g.
-# the zero ones of an odd or even phi) whose bounds add up to the other half.
-# Pairs that would need more terms than the coefficient table holds, and
-# those at correlation +-1, go to :func:`_expect_pairs`.
+# |rho| and tails, is below _GRID_BUDGET, and skips the terms (e.g. the zero
+# ones of an odd or even phi) whose bounds |a_k| |b_k| |rho|^k add up to
+# another _GRID_BUDGET. The coefficient tables are short first (64 terms, on
+# a rule with fewer nodes) and longer only when too many pairs need more;
+# the pairs that need more terms than the table holds, and those at
+# correlation +-1, go to :func:`_expect_pairs`.
 
 
 def _series_tables(act: _Act, q: torch.Tensor, order: int, terms: int):
