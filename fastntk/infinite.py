@@ -1065,14 +1065,19 @@ def _kernel_entries(spec: _Spec, sq1: torch.Tensor, sq2: torch.Tensor, gram: tor
     out = torch.empty(spec.channels(), n_pairs, dtype=_DTYPE)
     direct = torch.ones(n_pairs, dtype=torch.bool)
     if not spec.closed and n_pairs >= _INTERP_MIN_PAIRS:
-        a, b = sq1[i], sq2[j]
-        lo, hi = torch.minimum(a, b), torch.maximum(a, b)  # the kernel is symmetric in the pair
-        values = torch.unique(torch.cat([sq1, sq2]))
+        values, per_value = torch.unique(torch.cat([sq1, sq2]), return_counts=True)
         cluster, keys = _norm_clusters(values)
-        ka, kb = cluster[torch.searchsorted(values, lo)], cluster[torch.searchsorted(values, hi)]
-        uniq, inverse, counts = torch.unique(ka * keys.numel() + kb, return_inverse=True, return_counts=True)
-        big = (counts >= _INTERP_MIN_PAIRS) & (keys[uniq // keys.numel()] > 0)
-        if bool(big.any()):
+        # a group of norms (a, b) holds at most 2 n_a n_b pairs: with every cluster
+        # small (e.g. all norms distinct) no group can reach _INTERP_MIN_PAIRS
+        largest = int(torch.bincount(cluster, weights=per_value.to(_DTYPE)).max())
+        big = None
+        if 2 * largest * largest >= _INTERP_MIN_PAIRS:
+            a, b = sq1[i], sq2[j]
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)  # the kernel is symmetric in the pair
+            ka, kb = cluster[torch.searchsorted(values, lo)], cluster[torch.searchsorted(values, hi)]
+            uniq, inverse, counts = torch.unique(ka * keys.numel() + kb, return_inverse=True, return_counts=True)
+            big = (counts >= _INTERP_MIN_PAIRS) & (keys[uniq // keys.numel()] > 0)
+        if big is not None and bool(big.any()):
             gids = big.nonzero().squeeze(1)
             norms = torch.sqrt(torch.stack([keys[uniq[gids] // keys.numel()], keys[uniq[gids] % keys.numel()]], -1))
             order = torch.argsort(inverse, stable=True)
