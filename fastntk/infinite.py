@@ -758,9 +758,10 @@ class _Grid:
     v), laid out on a grid whose rows and columns are their distinct inputs
     in index order (one axis for both when they share inputs, as with x2 =
     None), and cut into blocks of about _GRID_BLOCK entries; only the blocks
-    that hold a pair are summed. (Sorting the axes by variance would make
-    the blocks' term counts a little smaller, but the pairs' gathers and
-    scatters random: on the benchmark that costs more than it saves.)"""
+    that hold a pair are summed, each in a buffer of its own (no N x N
+    arrays). (Sorting the axes by variance would make the blocks' term
+    counts a little smaller, but the pairs' gathers and scatters random: on
+    the benchmark that costs more than it saves.)"""
 
     def __init__(self, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor):
         self.i1, self.i2 = i1, i2
@@ -770,20 +771,32 @@ class _Grid:
             self.rows = self.cols = torch.unique(torch.cat([i1, i2]))
         else:
             self.rows, self.cols = torch.unique(i1), torch.unique(i2)
-        pr, pc = self._positions(v, self.rows, i1), self._positions(v, self.cols, i2)
+        self.pr, self.pc = self._positions(v, self.rows, i1), self._positions(v, self.cols, i2)
         nr, nc = self.rows.numel(), self.cols.numel()
-        self.flat = pr * nc + pc  # each pair's entry of the (nr, nc) grid
         self.br = min(nr, _GRID_BLOCK_ROWS)
         self.bc = min(nc, max(_GRID_BLOCK_ROWS, _GRID_BLOCK // self.br))
         self.nbc = -(-nc // self.bc)
-        self.block = (pr // self.br) * self.nbc + pc // self.bc  # each pair's block, row-major
-        self.blocks = torch.unique(self.block)
+        bi, bj = self.pr // self.br, self.pc // self.bc
+        self.block = bi * self.nbc + bj  # each pair's block, row-major
+        # each pair's entry in its block's buffer (row-major, the block's own width)
+        local = (self.pr - bi * self.br) * (nc - bj * self.bc).clamp(max=self.bc) + (self.pc - bj * self.bc)
+        by_block = torch.argsort(self.block, stable=True)
+        blocks, counts = torch.unique_consecutive(self.block[by_block], return_counts=True)
+        self.blocks = blocks.tolist()
+        self.members = torch.split(by_block, counts.tolist())
+        self.local = torch.split(local[by_block], counts.tolist())
 
     @staticmethod
     def _positions(v: torch.Tensor, axis: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.empty(v.numel(), dtype=torch.int64)
         pos[axis] = torch.arange(axis.numel())
         return pos[idx]
+
+    def _span(self, block: int) -> tuple[slice, slice]:
+        """The rows and columns of a block."""
+        bi, bj = divmod(block, self.nbc)
+        return (slice(bi * self.br, min((bi + 1) * self.br, self.rows.numel())),
+                slice(bj * self.bc, min((bj + 1) * self.bc, self.cols.numel())))
 
     @classmethod
     def layout(cls, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor) -> "_Grid | None":
@@ -793,9 +806,8 @@ class _Grid:
         if i1.numel() < _GRID_MIN_PAIRS:
             return None
         grid = cls(v, i1, i2)
-        rows = (grid.rows.numel() - (grid.blocks // grid.nbc) * grid.br).clamp(max=grid.br)
-        cols = (grid.cols.numel() - (grid.blocks % grid.nbc) * grid.bc).clamp(max=grid.bc)
-        return grid if i1.numel() >= _GRID_MIN_FILL * int((rows * cols).sum()) else None
+        area = sum((r.stop - r.start) * (c.stop - c.start) for r, c in map(grid._span, grid.blocks))
+        return grid if i1.numel() >= _GRID_MIN_FILL * area else None
 
     @staticmethod
     def _block_max(values: torch.Tensor, size: int) -> torch.Tensor:
@@ -831,26 +843,23 @@ class _Grid:
             tables = _series_tables(act, uq, order, terms)
             valid = tables[0][3] & tables[1][3]
             if not bool(valid.all()):
-                valid_grid = (valid[ir][:, None] & valid[ic][None, :]).reshape(-1)
-                usable = ~one & valid_grid[self.flat]
+                usable = ~one & valid[ir][self.pr] & valid[ic][self.pc]
             cut, blocks = self._cuts(tables, ir, ic, terms)
             series = usable & (rho.abs() <= cut[self.block])
             if int((usable & ~series).sum()) <= _GRID_MAX_REST * rho.numel():
                 break
-        grid_rho = torch.zeros(vr.numel() * vc.numel(), dtype=_DTYPE)
-        grid_rho[self.flat] = torch.where(series, rho, 0.0)  # pairs left to _expect_pairs do not count
-        grid_rho = grid_rho.reshape(vr.numel(), vc.numel())
-        sums = [torch.empty_like(grid_rho), torch.empty_like(grid_rho)]
+        rho = torch.where(series, rho, 0.0)  # pairs left to _expect_pairs do not count in their block
+        e, de = torch.empty_like(c), torch.empty_like(c)
         rows_of = [(coef[ir].T.contiguous(), coef[ic].T.contiguous()) for coef, *_ in blocks]  # (terms, n)
-        for b in self.blocks.tolist():
-            bi, bj = divmod(b, self.nbc)
-            rows, cols = slice(bi * self.br, (bi + 1) * self.br), slice(bj * self.bc, (bj + 1) * self.bc)
-            block_rho = grid_rho[rows, cols]
+        for b, members, local in zip(self.blocks, self.members, self.local):
+            rows, cols = self._span(b)
+            block_rho = torch.zeros(rows.stop - rows.start, cols.stop - cols.start, dtype=_DTYPE)
+            block_rho.view(-1)[local] = rho[members]
             rho_max = float(block_rho.abs().max())
-            for (_, env_r, env_c, tail_r, tail_c), (a_r, a_c), out in zip(blocks, rows_of, sums):
+            bi, bj = divmod(b, self.nbc)
+            for (_, env_r, env_c, tail_r, tail_c), (a_r, a_c), out in zip(blocks, rows_of, (e, de)):
                 kept = _block_terms(env_r[bi], env_c[bj], tail_r[bi], tail_c[bj], rho_max)
-                out[rows, cols] = _horner(a_r[:, rows], a_c[:, cols], block_rho, kept)
-        e, de = sums[0].reshape(-1)[self.flat], sums[1].reshape(-1)[self.flat]
+                out[members] = _horner(a_r[:, rows], a_c[:, cols], block_rho, kept).view(-1)[local]
         rest = (~series).nonzero().squeeze(1)
         if rest.numel():
             s1, s2 = v[self.i1[rest]], v[self.i2[rest]]
