@@ -1,8 +1,9 @@
 """fastntk.infinite on inputs with distinct norms: the blockwise Mehler series
 on the grid of pairs (``_Grid``) against the pair-by-pair path it replaces
 (``_expect_pairs``: Mehler series with 512 terms per pair, 2-D rule where that
-does not converge) and against the independent adaptive quadrature
-(tests/infinite_reference.py).
+does not converge), against the closed forms (relu, leaky_relu, erf by
+quadrature) and against the independent adaptive quadrature
+(tests/infinite_reference.py); and the tail bounds it rests on.
 
 Each comparison forces one path or the other (the grid normally starts at
 4096 pairs) and checks that the grid was really taken, with blocks small
@@ -124,6 +125,18 @@ def test_grid_matches_pairwise(activation, sw, sb, kinds, monkeypatch):
         if kind in ("ntk", "standard"):
             assert torch.equal(a, a.T)
     assert paths.fallback_pairs < 0.02 * paths.grid_pairs  # all but a few pairs of close small inputs by the series
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "erf"])
+def test_grid_quadrature_matches_closed_forms(activation, monkeypatch):
+    """The grid's series against an exact answer: relu (a kink: slowly
+    decaying coefficients), leaky_relu and erf by quadrature against their closed forms."""
+    paths = _Paths(monkeypatch)
+    x1 = _raw_inputs(20, 16, seed=11)
+    x2 = _raw_inputs(9, 16, seed=12)
+    kw = dict(depth=4, activation=activation, sigma_w=1.4, sigma_b=0.1)
+    for f in (lambda **k: infinite.ntk(x1, **k), lambda **k: infinite.nngp(x1, x2, **k)):
+        _close(paths.grid(lambda: f(method="quadrature", **kw)), f(method="closed", **kw), tol=1e-12)
 
 
 def test_unit_and_near_unit_correlations_fall_back(monkeypatch):
