@@ -47,9 +47,12 @@ gelu, gelu_tanh, silu, softplus``):
 - where the correlation is +-1 (the diagonal, duplicated inputs, whether
   or not ``x2`` is passed) and where a variance is 0, the expectation is a
   1-D integral and is computed as one;
-- elsewhere, for the few distinct variances of a layer, by Mehler's formula
-  E[f(u) g(v)] = sum_k a_k b_k rho^k (512 Hermite coefficients from 1-D
-  integrals) where its tail is below 1e-13 of the scale, else by a 2-D rule;
+- elsewhere by Mehler's formula E[f(u) g(v)] = sum_k a_k b_k rho^k (up to
+  512 Hermite coefficients per distinct variance, from 1-D integrals) where
+  its tail is below 1e-13 of the scale, else by a 2-D rule; many pairs with
+  many distinct variances (unnormalized inputs) are summed blockwise on the
+  grid of pairs, each block with the fewest terms for which a bound on the
+  tail (Cauchy-Schwarz over the coefficients' own tails) is below 1e-14;
 - every 1-D and 2-D rule is composite Gauss-Legendre (``quad_order`` nodes
   per panel) on [-9, 9] standard deviations, with panels graded
   geometrically around the points where phi bends or has a kink, from the
@@ -64,7 +67,9 @@ interpolant of the whole kernel in that angle per group of norms, each
 piece accepted only after it matched the exact recursion at the midpoints
 between its nodes to 1e-11 of the group's largest entry (pieces that never
 do are computed pair by pair). N = 2000 inputs cost seconds, almost all of
-it in evaluating the interpolant.
+it in evaluating the interpolant. Inputs with distinct norms (no shared
+interpolant) fill a grid of pairs on which the series is summed by Horner's
+rule in rho, block by block: N = 2000 such inputs also cost seconds.
 
 Accuracy (tested against an independent adaptive quadrature,
 tests/infinite_reference.py): at the default ``quad_order=16`` every
@@ -132,6 +137,20 @@ _SERIES_TRUNC = 18.0  # |h_k phi| <= exp(-z^2 / 4) (up to a slowly growing facto
 _SERIES_PANEL = 0.3  # uniform panel width of its 1-D rule: about one wavelength of h_K
 _SERIES_TOL = 1e-13  # accepted series truncation error, relative to sqrt(E[f(u)^2] E[f(v)^2])
 _SERIES_MAX_VARIANCES = 1 << 16  # distinct variances above which the series does not pay
+_RULE_RUN = 32  # variances sharing one coefficient rule when phi bends at several points
+# The grid's series tails: the mass beyond a table, E[(f - sum_k a_k h_k)^2], is integrated by
+# the table's own rule, which resolves it to a few percent (measured: <= 8% against the 512-term
+# rule, every activation, variances 1e-3 .. 1e6), so twice it bounds it; the square root of each
+# tail gets the coefficients' own errors added, sqrt(terms) of ~1e-16 each.
+_TAIL_SAFETY = 2.0
+_TAIL_ROOT_FLOOR = 1e-14
+_GRID_BUDGET = _SERIES_TOL / 20  # each of the grid's two bounds: ten times inside _SERIES_TOL together
+_GRID_TERMS = (64, 128, 256, _SERIES_TERMS)  # coefficient tables the grid tries in turn
+_GRID_MAX_REST = 1 / 64  # share of the pairs left to the pairwise path above which the next table is tried
+_GRID_BLOCK = 1 << 16  # grid entries per block: in cache for the Horner passes
+_GRID_BLOCK_ROWS = 256
+_GRID_MIN_PAIRS = 4096  # pairs below which the grid does not pay
+_GRID_MIN_FILL = 0.25  # share of its blocks' entries the pairs must fill
 _NORM_RTOL = 1e-13  # inputs whose squared norms differ by less share an interpolant
 _Q_INFINITE = 1e12  # where chi_1 of a divergent length map is evaluated
 
@@ -302,7 +321,11 @@ def _check_widths(widths, depth: int, parametrization: str, required: bool = Tru
 def _unit_correlation(s1: torch.Tensor, s2: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Rows where (u, v) is degenerate: a zero variance, or |rho| = 1 up to
     rounding. There v = rho sqrt(s2 / s1) u exactly, and the 1-D rule applies."""
-    g = torch.sqrt(s1) * torch.sqrt(s2)  # not sqrt(s1 * s2): that overflows first
+    return _unit_correlation_of(torch.sqrt(s1) * torch.sqrt(s2), c)  # not sqrt(s1 * s2): that overflows first
+
+
+def _unit_correlation_of(g: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """:func:`_unit_correlation` from g = sqrt(s1) sqrt(s2)."""
     return (g == 0) | (c.abs() >= g * (1 - _RHO_ONE_EPS))
 
 
@@ -505,44 +528,53 @@ def _quad_2d(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, o
 # expectation's scale (ten times over), else the 2-D rule.
 
 
-def _hermite_table(z: torch.Tensor) -> torch.Tensor:
-    """h_k(z) for k < _SERIES_TERMS: (K,) + z.shape."""
-    h = torch.empty((_SERIES_TERMS,) + tuple(z.shape), dtype=_DTYPE)
+def _hermite_table(z: torch.Tensor, terms: int = _SERIES_TERMS) -> torch.Tensor:
+    """h_k(z) for k < terms: (terms,) + z.shape."""
+    h = torch.empty((terms,) + tuple(z.shape), dtype=_DTYPE)
     h[0] = 1.0
-    h[1] = z
-    for n in range(1, _SERIES_TERMS - 1):  # h_{n+1} = (z h_n - sqrt(n) h_{n-1}) / sqrt(n + 1)
+    if terms > 1:
+        h[1] = z
+    for n in range(1, terms - 1):  # h_{n+1} = (z h_n - sqrt(n) h_{n-1}) / sqrt(n + 1)
         h[n + 1] = (z * h[n] - math.sqrt(n) * h[n - 1]) / math.sqrt(n + 1)
     return h
 
 
-def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int):
-    """(a_k, a'_k) for k < _SERIES_TERMS: E[phi(sqrt(q) z) h_k(z)] and the same
-    for phi', for the distinct variances q (U,) -> two (U, K) tensors."""
+def _hermite_coefficients(act: _Act, q: torch.Tensor, order: int, terms: int = _SERIES_TERMS,
+                          tails: bool = False):
+    """Hermite expansions of phi and phi' at the distinct variances q (U,):
+    per function f, (a, norm2, rest2) with a (U, terms) the coefficients
+    a_k = E[f(sqrt(q) z) h_k(z)] and, with ``tails``, norm2 = E[f^2] and
+    rest2 = E[(f - sum_k a_k h_k)^2] (U,) by the same rule (else None): the
+    mass beyond the expansion, from the residual itself, so that it is
+    resolved far below the rounding of E[f^2] - sum_k a_k^2.
+
+    The rule's uniform panels are one wavelength of h_terms wide, so fewer
+    terms need fewer nodes."""
     root = torch.sqrt(q)
     scale = act.scale / root
-    a = torch.empty(q.numel(), _SERIES_TERMS, dtype=_DTYPE)
-    da = torch.empty_like(a)
-    if len(act.centers) == 1:
-        # phi bends only at 0: one rule, graded for the narrowest bend, serves
-        # every variance, and the coefficients are a matrix product
-        narrowest = scale.min().reshape(1)
-        z, w = _graded_rule(torch.zeros(1, 1, dtype=_DTYPE), narrowest, int(_levels(narrowest, _SERIES_PANEL)),
-                            order, _SERIES_TRUNC, _SERIES_PANEL)
-        hw = (_hermite_table(z[0]) * w).T  # (M, K)
-        for idx in _chunks(torch.arange(q.numel()), z.shape[1]):
+    panel = _SERIES_PANEL * math.sqrt(_SERIES_TERMS / terms)
+    out = [(torch.empty(q.numel(), terms, dtype=_DTYPE), torch.empty_like(q), torch.empty_like(q))
+           for _ in range(2)]
+    # One rule serves a run of variances, graded for the run's narrowest bend
+    # around all of its centers, so that the coefficients are matrix
+    # products: for phi bending only at 0, one run of every variance; else
+    # runs of _RULE_RUN neighbouring variances (their centers are close).
+    by_value = torch.argsort(q)
+    runs = [by_value] if len(act.centers) == 1 else torch.split(by_value, _RULE_RUN)
+    for run in runs:
+        centers = torch.unique(_centers_over(act, root[run]).clamp(-_SERIES_TRUNC, _SERIES_TRUNC))
+        narrowest = scale[run].min().reshape(1)
+        z, w = _graded_rule(centers[None, :], narrowest, int(_levels(narrowest, panel)),
+                            order, _SERIES_TRUNC, panel)
+        table = _hermite_table(z[0], terms)  # (K, M)
+        hw = (table * w).T  # (M, K)
+        for idx in _chunks(run, z.shape[1]):
             u = root[idx, None] * z
-            a[idx] = act.phi(u) @ hw
-            da[idx] = act.dphi(u) @ hw
-        return a, da
-    centers = _centers_over(act, root)
-    for (k,), group in _groups(_levels(scale, _SERIES_PANEL)):
-        for idx in torch.split(group, 16):  # the table is (K, rows, M)
-            z, w = _graded_rule(centers[idx], scale[idx], k, order, _SERIES_TRUNC, _SERIES_PANEL)
-            h = _hermite_table(z)
-            u = root[idx, None] * z
-            a[idx] = torch.einsum("kpm,pm->pk", h, w * act.phi(u))
-            da[idx] = torch.einsum("kpm,pm->pk", h, w * act.dphi(u))
-    return a, da
+            for f, (a, norm2, rest2) in zip((act.phi(u), act.dphi(u)), out):
+                a[idx] = f @ hw
+                if tails:
+                    norm2[idx], rest2[idx] = (f * f) @ w[0], (f - a[idx] @ table) ** 2 @ w[0]
+    return [(a, norm2, rest2) if tails else (a, None, None) for a, norm2, rest2 in out]
 
 
 def _series_pairs(act: _Act, s1: torch.Tensor, s2: torch.Tensor, rho: torch.Tensor, order: int):
@@ -591,7 +623,7 @@ def _cached_coefficients(act: _Act, q: torch.Tensor, order: int):
     keys = [(v, order) for v in q.tolist()]
     missing = [i for i, k in enumerate(keys) if k not in act.cache]
     if missing:
-        a, da = _hermite_coefficients(act, q[missing], order)
+        (a, _, _), (da, _, _) = _hermite_coefficients(act, q[missing], order)
         if len(act.cache) > 4096:
             act.cache.clear()
         for r, i in enumerate(missing):
@@ -641,6 +673,201 @@ def _expect_same(act: _Act, q: torch.Tensor, closed: bool, order: int):
 
 
 # ---------------------------------------------------------------------------
+# Gaussian expectations on a grid of pairs
+#
+# Raw inputs (every norm distinct) give every pair its own variances, so the
+# angle interpolant does not apply and the recursion runs on all N^2 / 2
+# pairs. The pairs then fill a grid (inputs x inputs) whose rows and columns
+# each carry one variance, and the Mehler series is summed blockwise by
+# Horner's rule in rho^2 (even and odd k apart), E <- E rho^2 + a_k b_k^T: no
+# per-pair gathers of coefficient rows, two passes over a block per term.
+# The truncation is bounded per block: with t(K) = sum_{k >= K} a_k^2 / E[f^2]
+# the relative tail of the expansion, Cauchy-Schwarz gives
+#     |sum_{k >= K} a_k b_k rho^k| <= |rho|^K sqrt(t_a(K) t_b(K)) sqrt(E[f(u)^2] E[f(v)^2]);
+# a block sums the fewest K terms for which this, with the block's largest
+# |rho| and tails, is below _GRID_BUDGET, and skips the terms (e.g. the zero
+# ones of an odd or even phi) whose bounds |a_k| |b_k| |rho|^k add up to
+# another _GRID_BUDGET. The coefficient tables are short first (64 terms, on
+# a rule with fewer nodes) and longer only when too many pairs need more;
+# the pairs that need more terms than the table holds, and those at
+# correlation +-1, go to :func:`_expect_pairs`.
+
+
+def _series_tables(act: _Act, q: torch.Tensor, order: int, terms: int):
+    """For phi and phi' at the variances q (U,): the coefficients a (U, terms),
+    their magnitudes relative to sqrt(E[f^2]) (U, terms), the relative
+    tails t (U, terms + 1), t[:, K] >= sum_{k >= K} a_k^2 / E[f^2], and
+    whether E[f^2] > 0 (U,) (elsewhere, e.g. at variance 0, the other
+    entries are 0 and the rows take no series)."""
+    tables = []
+    for coef, norm2, rest2 in _hermite_coefficients(act, q, order, terms, tails=True):
+        valid = (norm2 > 0) & torch.isfinite(norm2)
+        scale = torch.where(valid, norm2, 1.0)
+        rel = torch.where(valid[:, None], coef.abs() / torch.sqrt(scale)[:, None], 0.0)
+        # the tail from K on: the table's terms from K on (summed from the end, without
+        # cancellation), and the mass beyond the table with a safety factor for its quadrature
+        beyond = _TAIL_SAFETY * torch.where(valid, rest2 / scale, 0.0)
+        squares = torch.cat([rel * rel, beyond[:, None]], 1)
+        tail = torch.flip(torch.cumsum(torch.flip(squares, [1]), 1), [1])
+        tail = (torch.sqrt(tail) * (1 + 1e-12) + _TAIL_ROOT_FLOOR) ** 2  # rounding; the coefficients' errors
+        tables.append((coef, rel, torch.where(valid[:, None], tail, 0.0), valid))
+    return tables
+
+
+def _block_terms(env_r: torch.Tensor, env_c: torch.Tensor, tail_r: torch.Tensor, tail_c: torch.Tensor,
+                 rho_max: float) -> list[int]:
+    """The terms k a block sums: all k < K but those skipped, for rows with
+    relative coefficient magnitudes at most env_r (terms,) and tails at most
+    tail_r (terms + 1,), columns likewise, and |rho| <= rho_max."""
+    budget = _GRID_BUDGET
+    powers = rho_max ** torch.arange(tail_r.numel(), dtype=_DTYPE)
+    fits = (powers * torch.sqrt(tail_r * tail_c) <= budget).nonzero()
+    k_max = int(fits[0]) if fits.numel() else env_r.numel()  # the block's rows all passed at k = terms
+    bounds = env_r[:k_max] * env_c[:k_max] * powers[:k_max]
+    order = torch.argsort(bounds)
+    skipped = order[torch.cumsum(bounds[order], 0) <= budget]
+    keep = torch.ones(k_max, dtype=torch.bool)
+    keep[skipped] = False
+    return keep.nonzero().squeeze(1).tolist()
+
+
+def _horner(a_r: torch.Tensor, a_c: torch.Tensor, rho: torch.Tensor, terms: list[int]) -> torch.Tensor:
+    """sum over k in terms of outer(a_r[k], a_c[k]) rho^k for a block rho (R, C),
+    a_r (terms, R), a_c (terms, C): even and odd k each by Horner's rule in rho^2."""
+    out = None
+    rho2 = rho * rho
+    for parity in (0, 1):
+        ks = [k for k in terms if k % 2 == parity]
+        if not ks:
+            continue
+        acc = torch.outer(a_r[ks[-1]], a_c[ks[-1]])
+        for hi, lo in zip(reversed(ks), reversed(ks[:-1])):
+            for _ in range((hi - lo) // 2):
+                acc.mul_(rho2)
+            acc.addr_(a_r[lo], a_c[lo])
+        for _ in range(ks[0] // 2):
+            acc.mul_(rho2)
+        if parity:
+            acc.mul_(rho)
+        out = acc if out is None else out.add_(acc)
+    return torch.zeros_like(rho) if out is None else out
+
+
+class _Grid:
+    """Pairs p joining the inputs i1[p] and i2[p] (indices into the variances
+    v), laid out on a grid whose rows and columns are their distinct inputs
+    in index order (one axis for both when they share inputs, as with x2 =
+    None), and cut into blocks of about _GRID_BLOCK entries; only the blocks
+    that hold a pair are summed, each in a buffer of its own (no N x N
+    arrays). (Sorting the axes by variance would make the blocks' term
+    counts a little smaller, but the pairs' gathers and scatters random: on
+    the benchmark that costs more than it saves.)"""
+
+    def __init__(self, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor):
+        self.i1, self.i2 = i1, i2
+        seen = torch.zeros(v.numel(), dtype=torch.bool)
+        seen[i1] = True
+        if bool(seen[i2].any()):
+            self.rows = self.cols = torch.unique(torch.cat([i1, i2]))
+        else:
+            self.rows, self.cols = torch.unique(i1), torch.unique(i2)
+        self.pr, self.pc = self._positions(v, self.rows, i1), self._positions(v, self.cols, i2)
+        nr, nc = self.rows.numel(), self.cols.numel()
+        self.br = min(nr, _GRID_BLOCK_ROWS)
+        self.bc = min(nc, max(_GRID_BLOCK_ROWS, _GRID_BLOCK // self.br))
+        self.nbc = -(-nc // self.bc)
+        bi, bj = self.pr // self.br, self.pc // self.bc
+        self.block = bi * self.nbc + bj  # each pair's block, row-major
+        # each pair's entry in its block's buffer (row-major, the block's own width)
+        local = (self.pr - bi * self.br) * (nc - bj * self.bc).clamp(max=self.bc) + (self.pc - bj * self.bc)
+        by_block = torch.argsort(self.block, stable=True)
+        blocks, counts = torch.unique_consecutive(self.block[by_block], return_counts=True)
+        self.blocks = blocks.tolist()
+        self.members = torch.split(by_block, counts.tolist())
+        self.local = torch.split(local[by_block], counts.tolist())
+
+    @staticmethod
+    def _positions(v: torch.Tensor, axis: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.empty(v.numel(), dtype=torch.int64)
+        pos[axis] = torch.arange(axis.numel())
+        return pos[idx]
+
+    def _span(self, block: int) -> tuple[slice, slice]:
+        """The rows and columns of a block."""
+        bi, bj = divmod(block, self.nbc)
+        return (slice(bi * self.br, min((bi + 1) * self.br, self.rows.numel())),
+                slice(bj * self.bc, min((bj + 1) * self.bc, self.cols.numel())))
+
+    @classmethod
+    def layout(cls, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor) -> "_Grid | None":
+        """The grid of these pairs, or None where it does not pay: few pairs,
+        or pairs that fill under _GRID_MIN_FILL of their blocks (e.g. the
+        angle interpolant's nodes, each with its own pair of inputs)."""
+        if i1.numel() < _GRID_MIN_PAIRS:
+            return None
+        grid = cls(v, i1, i2)
+        area = sum((r.stop - r.start) * (c.stop - c.start) for r, c in map(grid._span, grid.blocks))
+        return grid if i1.numel() >= _GRID_MIN_FILL * area else None
+
+    @staticmethod
+    def _block_max(values: torch.Tensor, size: int) -> torch.Tensor:
+        """Values of an axis (n, m) -> their maxima over each block of ``size`` entries (blocks, m)."""
+        return torch.stack([part.amax(0) for part in torch.split(values, size)])
+
+    def _cuts(self, tables, ir: torch.Tensor, ic: torch.Tensor, terms: int):
+        """Per block, the largest |rho| that ``terms`` terms resolve for phi and phi'
+        (nr_blocks * nc_blocks,), and per channel the block maxima that :func:`_block_terms` takes."""
+        blocks, cut = [], None
+        for coef, rel, tail, _ in tables:
+            env_r, tail_r = self._block_max(rel[ir], self.br), self._block_max(tail[ir], self.br)
+            env_c, tail_c = self._block_max(rel[ic], self.bc), self._block_max(tail[ic], self.bc)
+            blocks.append((coef, env_r, env_c, tail_r, tail_c))
+            # |rho|^terms sqrt(t_r t_c) <= the budget, a little inside it against rounding
+            log_t = 0.5 * (torch.log(tail_r[:, terms, None]) + torch.log(tail_c[None, :, terms]))
+            limit = torch.exp((math.log(_GRID_BUDGET) - 1e-9 - log_t) / terms).clamp(max=1.0)
+            cut = limit if cut is None else torch.minimum(cut, limit)
+        return cut.reshape(-1), blocks
+
+    def expect(self, act: _Act, v: torch.Tensor, c: torch.Tensor, order: int):
+        """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]) for the pairs, u ~ v[i1],
+        v ~ v[i2], Cov = c (P,), as :func:`_expect_pairs` computes them."""
+        root = torch.sqrt(v)
+        g = root[self.i1] * root[self.i2]
+        one = _unit_correlation_of(g, c)
+        rho = c / torch.where(one, 1.0, g)
+        vr, vc = v[self.rows], v[self.cols]
+        uq, inverse = torch.unique(torch.cat([vr, vc]), return_inverse=True)
+        ir, ic = inverse[:vr.numel()], inverse[vr.numel():]
+        usable = ~one
+        for terms in _GRID_TERMS:
+            tables = _series_tables(act, uq, order, terms)
+            valid = tables[0][3] & tables[1][3]
+            if not bool(valid.all()):
+                usable = ~one & valid[ir][self.pr] & valid[ic][self.pc]
+            cut, blocks = self._cuts(tables, ir, ic, terms)
+            series = usable & (rho.abs() <= cut[self.block])
+            if int((usable & ~series).sum()) <= _GRID_MAX_REST * rho.numel():
+                break
+        rho = torch.where(series, rho, 0.0)  # pairs left to _expect_pairs do not count in their block
+        e, de = torch.empty_like(c), torch.empty_like(c)
+        rows_of = [(coef[ir].T.contiguous(), coef[ic].T.contiguous()) for coef, *_ in blocks]  # (terms, n)
+        for b, members, local in zip(self.blocks, self.members, self.local):
+            rows, cols = self._span(b)
+            block_rho = torch.zeros(rows.stop - rows.start, cols.stop - cols.start, dtype=_DTYPE)
+            block_rho.view(-1)[local] = rho[members]
+            rho_max = float(block_rho.abs().max())
+            bi, bj = divmod(b, self.nbc)
+            for (_, env_r, env_c, tail_r, tail_c), (a_r, a_c), out in zip(blocks, rows_of, (e, de)):
+                kept = _block_terms(env_r[bi], env_c[bj], tail_r[bi], tail_c[bj], rho_max)
+                out[members] = _horner(a_r[:, rows], a_c[:, cols], block_rho, kept).view(-1)[local]
+        rest = (~series).nonzero().squeeze(1)
+        if rest.numel():
+            s1, s2 = v[self.i1[rest]], v[self.i2[rest]]
+            e[rest], de[rest] = _expect_pairs(act, s1, s2, c[rest], False, order)
+        return e, de
+
+
+# ---------------------------------------------------------------------------
 # the layer recursion, on a flat list of input pairs
 
 
@@ -674,8 +901,12 @@ def _pair_kernels(spec: _Spec, v: torch.Tensor, i1: torch.Tensor, i2: torch.Tens
     variance follows its own recursion, so it is computed once per input
     (M = len(v) values) and gathered per pair, not once per pair."""
     sigmas, ephis, dsigmas = [c], [], []
+    grid = None if spec.closed else _Grid.layout(v, i1, i2)
     for layer in range(2, spec.depth + 1):
-        e, de = _expect_pairs(spec.act, v[i1], v[i2], c, spec.closed, spec.order)
+        if grid is None:
+            e, de = _expect_pairs(spec.act, v[i1], v[i2], c, spec.closed, spec.order)
+        else:
+            e, de = grid.expect(spec.act, v, c, spec.order)
         e_same, _ = _expect_same(spec.act, v, spec.closed, spec.order)
         v = spec.sw2 * e_same + spec.sb2
         c = spec.sw2 * e + spec.sb2
@@ -843,14 +1074,19 @@ def _kernel_entries(spec: _Spec, sq1: torch.Tensor, sq2: torch.Tensor, gram: tor
     out = torch.empty(spec.channels(), n_pairs, dtype=_DTYPE)
     direct = torch.ones(n_pairs, dtype=torch.bool)
     if not spec.closed and n_pairs >= _INTERP_MIN_PAIRS:
-        a, b = sq1[i], sq2[j]
-        lo, hi = torch.minimum(a, b), torch.maximum(a, b)  # the kernel is symmetric in the pair
-        values = torch.unique(torch.cat([sq1, sq2]))
+        values, per_value = torch.unique(torch.cat([sq1, sq2]), return_counts=True)
         cluster, keys = _norm_clusters(values)
-        ka, kb = cluster[torch.searchsorted(values, lo)], cluster[torch.searchsorted(values, hi)]
-        uniq, inverse, counts = torch.unique(ka * keys.numel() + kb, return_inverse=True, return_counts=True)
-        big = (counts >= _INTERP_MIN_PAIRS) & (keys[uniq // keys.numel()] > 0)
-        if bool(big.any()):
+        # a group of norms (a, b) holds at most 2 n_a n_b pairs: with every cluster
+        # small (e.g. all norms distinct) no group can reach _INTERP_MIN_PAIRS
+        largest = int(torch.bincount(cluster, weights=per_value.to(_DTYPE)).max())
+        big = None
+        if 2 * largest * largest >= _INTERP_MIN_PAIRS:
+            a, b = sq1[i], sq2[j]
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)  # the kernel is symmetric in the pair
+            ka, kb = cluster[torch.searchsorted(values, lo)], cluster[torch.searchsorted(values, hi)]
+            uniq, inverse, counts = torch.unique(ka * keys.numel() + kb, return_inverse=True, return_counts=True)
+            big = (counts >= _INTERP_MIN_PAIRS) & (keys[uniq // keys.numel()] > 0)
+        if big is not None and bool(big.any()):
             gids = big.nonzero().squeeze(1)
             norms = torch.sqrt(torch.stack([keys[uniq[gids] // keys.numel()], keys[uniq[gids] % keys.numel()]], -1))
             order = torch.argsort(inverse, stable=True)
@@ -863,8 +1099,10 @@ def _kernel_entries(spec: _Spec, sq1: torch.Tensor, sq2: torch.Tensor, gram: tor
                 direct[idx] = ~resolved[piece]
     rest = direct.nonzero().squeeze(1)
     if rest.numel():
-        v = spec.sw2 * torch.cat([sq1, sq2]) / spec.n0 + spec.sb2
-        out[:, rest] = _pair_kernels(spec, v, i[rest], j[rest] + sq1.numel(),
+        # x2 = None: both sides index one set of inputs, so that the grid sees one axis
+        shared = sq2 is sq1
+        v = spec.sw2 * (sq1 if shared else torch.cat([sq1, sq2])) / spec.n0 + spec.sb2
+        out[:, rest] = _pair_kernels(spec, v, i[rest], j[rest] + (0 if shared else sq1.numel()),
                                      spec.sw2 * g[rest] / spec.n0 + spec.sb2, g[rest])
     return out
 
