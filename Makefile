@@ -87,7 +87,7 @@ bench: install
 	$(PY) -m pytest benchmarks/test_bench_ntk.py -q -p no:cacheprovider $(BENCH_ARGS) \
 	  --benchmark-json=$(BENCH_OUT)/bench.json --benchmark-columns=median,min,rounds
 	$(PY) benchmarks/memory.py --out $(BENCH_OUT)/memory.json
-	$(PY) benchmarks/ab.py --budget 10 --out $(BENCH_OUT)/ab.json
+	$(PY) benchmarks/ab.py --budget 25 --out $(BENCH_OUT)/ab.json
 	$(PY) benchmarks/scaling.py --out $(BENCH_OUT)
 	@if [ -f .venv-nt/.nt-ready ]; then \
 	  $(PY) benchmarks/nt_export.py --dir $(BENCH_OUT)/nt_inputs && \
