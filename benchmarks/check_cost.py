@@ -21,19 +21,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from profile_small import median_us  # noqa: E402
 from workloads import WORKLOADS, make_input, make_net  # noqa: E402
 
 engine = importlib.import_module("fastntk.ntk")
 
 
 def median_cpu_us(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return sorted(times)[repeats // 2] * 1e6
+    return median_us(fn, repeats, clock=time.process_time)
 
 
 def preactivation_check(hs: list[torch.Tensor]) -> torch.Tensor:

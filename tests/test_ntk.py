@@ -410,6 +410,9 @@ def test_nan_in_model_is_refused():
         fastntk.ntk(net, X)
 
 
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
 @pytest.mark.parametrize("activation,kind,layer,value", [
     ("relu", "bias", 0, -float("inf")),   # masked by ReLU: the kernel alone would look finite
     ("tanh", "bias", 1, float("inf")),    # masked by tanh
@@ -436,8 +439,6 @@ def test_non_finite_parameter_is_refused_by_name(activation, kind, layer, value,
         with pytest.raises(ValueError, match=match):
             call()
 
-
-_ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def test_mixed_dtype_model_is_refused():
